@@ -1,0 +1,45 @@
+"""Parameter counts and training FLOPs per token, one convention for every architecture.
+
+CONVENTION (recorded with every result as `flops_convention`):
+  training FLOPs per token = 3 x forward (backward = 2 x forward), where forward =
+    2 x (matmul parameters a token passes through: attention and MLP projections, output head)
+  + 4 x n_layers x seq_len x d_attn  (q k^T and attention-weights x v over the FULL T x T square, as
+                                      the dense causal kernel computes it; Chinchilla's convention)
+  The embedding lookup, norms, softmax, RoPE and other elementwise work are not counted.
+Non-embedding parameters exclude the input embedding table and the output head; active parameters
+are those a single token uses (they differ from the total only for mixtures of experts).
+"""
+import dataclasses
+
+from scaling.config import ModelConfig
+
+CONVENTION = "6*matmul_params + 12*L*T*d_attn (full TxT) per token; embedding lookup & elementwise not counted"
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """Sizes and per-token training cost of one model shape."""
+
+    params: int
+    nonembed_params: int
+    active_params: int
+    flops_per_token: float
+
+
+def attention_flops_per_token(cfg: ModelConfig) -> float:
+    """Forward FLOPs of q k^T and weights x v for one token over the full T x T square."""
+    return 4.0 * cfg.n_layers * cfg.seq_len * cfg.n_heads * cfg.d_head
+
+
+def gpt_counts(cfg: ModelConfig) -> Counts:
+    """Counts for the baseline GPT (REFERENCE.md section 1)."""
+    d = cfg.d_model
+    attn_proj = 4 * d * cfg.n_heads * cfg.d_head
+    mlp = 3 * d * cfg.d_ff
+    block = attn_proj + mlp + 2 * d
+    nonembed = cfg.n_layers * block + d
+    embeddings = 2 * cfg.vocab_size * d
+    matmul = cfg.n_layers * (attn_proj + mlp) + d * cfg.vocab_size
+    forward = 2.0 * matmul + attention_flops_per_token(cfg)
+    total = nonembed + embeddings
+    return Counts(params=total, nonembed_params=nonembed, active_params=total, flops_per_token=3.0 * forward)

@@ -1,0 +1,75 @@
+"""Mesh construction and the one table of logical-axis rules (Mesh-TensorFlow / MaxText style).
+
+Every parameter and main activation is named with logical axes; RULES maps them onto the mesh axes
+('data', 'model', 'expert'). Changing the parallelism changes the mesh, never the model code.
+"""
+import contextlib
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from scaling.config import MESH_AXES, MeshConfig, ModelConfig, UsageError
+
+RULES = (
+    ("batch", ("data", "expert")),
+    ("length", None),
+    ("embed", None),
+    ("heads", "model"),
+    ("kv", None),
+    ("mlp", "model"),
+    ("vocab", "model"),
+    ("expert", "expert"),
+    ("layers", None),
+)
+
+
+def make_mesh(mesh_cfg: MeshConfig, devices=None) -> Mesh:
+    """A ('data', 'model', 'expert') mesh over `devices` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_cfg.resolve(len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def batch_ways(mesh: Mesh) -> int:
+    """Number of shards the batch axis is split into (data x expert)."""
+    return mesh.shape["data"] * mesh.shape["expert"]
+
+
+def check_fits(mesh: Mesh, cfg: ModelConfig, batch_size: int) -> None:
+    """UsageError unless the model and batch divide evenly over the mesh."""
+    ways = batch_ways(mesh)
+    if batch_size % ways:
+        raise UsageError("--batch_size", f"{batch_size} is not divisible by data x expert = {ways} mesh ways")
+    model_ways = mesh.shape["model"]
+    for name, size in (("n_heads", cfg.n_heads), ("d_ff", cfg.d_ff), ("vocab_size", cfg.vocab_size)):
+        if size % model_ways:
+            raise UsageError("--mesh", f"model={model_ways} does not divide {name}={size}; pick a model axis that does")
+
+
+def logical_shardings(boxed_tree, mesh: Mesh):
+    """NamedShardings for a tree whose leaves may be nn.LogicallyPartitioned (others replicate)."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, RULES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a [batch, length] array: batch over ('data', 'expert')."""
+    return NamedSharding(mesh, PartitionSpec(("data", "expert"), None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_shapes(array: jax.Array) -> set[tuple[int, ...]]:
+    """Shapes of an array's per-device shards (for tests and debugging)."""
+    return {tuple(np.shape(s.data)) for s in array.addressable_shards}
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh):
+    """Context in which logical activation constraints resolve against `mesh` and RULES."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+        yield

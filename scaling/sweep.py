@@ -1,0 +1,280 @@
+"""isoFLOP sweeps (Chinchilla approach 2, REFERENCE.md section 6): plan, estimate, run, fit.
+
+For a budget C, the expected optimum N_opt solves C = flops_per_token(N) * 20 N (D ~ 20 N). The plan
+samples `num_sizes` sizes evenly in log N over N_opt / 4 .. 4 N_opt, each trained on
+D = C / flops_per_token tokens with its own warmup + cosine schedule ending at D.
+"""
+import dataclasses
+import json
+import math
+import os
+
+import jax
+import numpy as np
+
+from scaling import analysis, data, sharding
+from scaling.benchmark import time_train_step
+from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
+from scaling.flops import CONVENTION
+from scaling.models.registry import get_architecture
+from scaling.shapes import MAX_PARAMS, MIN_PARAMS, shape_for_params
+from scaling.train.loop import train
+
+TOKENS_PER_PARAM = 20
+SPAN = 4.0
+MIN_STEPS = 200
+MAX_BATCH = 512
+EVAL_TOKENS = 65536
+PROBE_FLOPS = 5e10
+EVALS_PER_RUN = 4
+
+
+def kaplan_learning_rate(nonembed_params: float) -> float:
+    """Peak LR for a model size: 0.003239 - 0.0001395 ln N (Kaplan et al. 2020, eq. D.1)."""
+    return 0.003239 - 0.0001395 * math.log(nonembed_params)
+
+
+def optimal_size(budget: float, base: ModelConfig) -> float:
+    """N with flops_per_token(shape(N)) * 20 N = budget (bisection in log N over the size family)."""
+    counts = get_architecture(base.arch).counts
+    lo, hi = math.log(MIN_PARAMS), math.log(MAX_PARAMS)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        n = math.exp(mid)
+        cost = counts(shape_for_params(n, base)).flops_per_token * TOKENS_PER_PARAM * n
+        lo, hi = (mid, hi) if cost < budget else (lo, mid)
+    return math.exp(lo)
+
+
+def _batch_size(tokens: int, seq_len: int) -> int:
+    """Largest power of two <= 512 sequences giving a run of `tokens` (the sweep's largest model) MIN_STEPS steps."""
+    batch = 2 ** max(0, math.floor(math.log2(max(1, tokens / (MIN_STEPS * seq_len)))))
+    return min(MAX_BATCH, batch)
+
+
+def _run_entry(arch: str, model_cfg: ModelConfig, train_cfg: TrainConfig, budget: float) -> dict:
+    counts = get_architecture(arch).counts(model_cfg)
+    return {
+        "run_id": f"{arch}-{counts.nonembed_params / 1e6:.3g}M",
+        "arch": arch,
+        "model": dataclasses.asdict(model_cfg),
+        "train": dataclasses.asdict(train_cfg),
+        **dataclasses.asdict(counts),
+        "tokens": train_cfg.tokens,
+        "steps": train_cfg.steps(model_cfg.seq_len),
+        "budget": budget,
+    }
+
+
+def _sizes(budget: float, base: ModelConfig, num_sizes: int) -> list[ModelConfig]:
+    """Distinct shapes of the family at N_opt * 4^t, t evenly spaced in [-1, 1], smallest first."""
+    targets = optimal_size(budget, base) * SPAN ** np.linspace(-1, 1, num_sizes)
+    shapes = {shape_for_params(min(max(t, MIN_PARAMS), MAX_PARAMS), base) for t in targets}
+    return sorted(shapes, key=lambda s: get_architecture(base.arch).counts(s).nonembed_params)
+
+
+def _arch_runs(budget, base, num_sizes, train_base, batch_size, learning_rate) -> list[dict]:
+    """One architecture's runs: every size that gets at least one step of the sweep's batch."""
+    counts = get_architecture(base.arch).counts
+    shapes = _sizes(budget, base, num_sizes)
+    batch = batch_size or _batch_size(int(budget / counts(shapes[-1]).flops_per_token), base.seq_len)
+    runs = []
+    for shape in shapes:
+        tokens = int(budget / counts(shape).flops_per_token)
+        steps = tokens // (batch * base.seq_len)
+        if steps < 1:
+            continue
+        train_cfg = dataclasses.replace(
+            train_base,
+            tokens=tokens,
+            batch_size=batch,
+            learning_rate=learning_rate or kaplan_learning_rate(counts(shape).nonembed_params),
+            eval_batches=max(1, math.ceil(EVAL_TOKENS / (batch * base.seq_len))),
+            eval_every=max(1, steps // EVALS_PER_RUN),
+        )
+        runs.append(_run_entry(base.arch, shape, train_cfg, budget))
+    return runs
+
+
+def _smallest_curve_budget(base: ModelConfig, num_sizes: int, batch_size: int | None) -> float:
+    """The smallest budget (to a factor 1.25) whose sweep holds 3 distinct trainable sizes."""
+    budget = 1e8
+    while len(_arch_runs(budget, base, num_sizes, TrainConfig(), batch_size, None)) < 3:
+        budget *= 1.25
+    return budget
+
+
+def plan_sweep(
+    budget: float,
+    archs: list[str],
+    num_sizes: int,
+    base: ModelConfig,
+    train_base: TrainConfig,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+) -> dict:
+    """The sweep's runs: per architecture, `num_sizes` shapes around the expected optimum."""
+    if not (math.isfinite(budget) and budget > 0):
+        raise UsageError("--budget", f"must be a positive finite number of FLOPs (e.g. 1e13), got {budget}")
+    if num_sizes < 3:
+        raise UsageError("--num_sizes", "a parabola needs at least 3 sizes")
+    runs = []
+    for arch in archs:
+        arch_base = dataclasses.replace(base, arch=arch)
+        arch_runs = _arch_runs(budget, arch_base, num_sizes, train_base, batch_size, learning_rate)
+        if len(arch_runs) < 3:
+            need = _smallest_curve_budget(arch_base, num_sizes, batch_size)
+            what = "cannot train even the smallest model one step" if not arch_runs else "leaves fewer than 3 sizes"
+            raise UsageError("--budget", f"{budget:.3g} FLOPs {what} for {arch}; use at least {need:.2g}")
+        runs += arch_runs
+    return {
+        "budget": budget,
+        "archs": archs,
+        "num_sizes": num_sizes,
+        "seq_len": base.seq_len,
+        "data": train_base.data,
+        "flops_convention": CONVENTION,
+        "runs": runs,
+    }
+
+
+def estimate_seconds(plan: dict, mesh_cfg: MeshConfig) -> dict[str, float]:
+    """Estimated wall time per run from a measured throughput probe on the current devices.
+
+    The probe compiles and times the real train step of the plan's smallest model at the plan's batch
+    size, capped at PROBE_FLOPS per device per step (at least one sequence per batch shard) so that
+    it takes seconds even on a laptop. Each run's estimate is its FLOPs over the probe's achieved
+    FLOP/s; larger models and batches usually run at a higher FLOP/s, so the estimate errs long.
+    """
+    smallest = min(plan["runs"], key=lambda r: r["flops_per_token"])
+    model_cfg = ModelConfig(**smallest["model"])
+    mesh = sharding.make_mesh(mesh_cfg)
+    ways = sharding.batch_ways(mesh)
+    per_sequence = smallest["flops_per_token"] * model_cfg.seq_len
+    batch = smallest["train"]["batch_size"]
+    while batch > ways and batch * per_sequence > PROBE_FLOPS * mesh.size:
+        batch //= 2
+    probe = time_train_step(model_cfg, max(batch, ways), mesh_cfg, steps=3, warmup=1)
+    flops_per_s = probe["flops_per_token"] * probe["tokens_per_s"]
+    return {r["run_id"]: r["tokens"] * r["flops_per_token"] / flops_per_s for r in plan["runs"]}
+
+
+def format_plan(plan: dict, seconds: dict[str, float]) -> str:
+    """The plan as a table with each run's estimated wall time."""
+    lines = [
+        f"isoFLOP plan: budget {plan['budget']:.3g} FLOPs, seq_len {plan['seq_len']}, data {plan['data']}",
+        f"{'run_id':<18}{'d_model':>8}{'layers':>7}{'heads':>6}{'params':>12}{'nonembed':>12}"
+        f"{'tokens':>12}{'steps':>8}{'batch':>6}{'lr':>9}{'est. time':>11}",
+    ]
+    for r in plan["runs"]:
+        m, t = r["model"], r["train"]
+        lines.append(
+            f"{r['run_id']:<18}{m['d_model']:>8}{m['n_layers']:>7}{m['n_heads']:>6}{r['params']:>12.3g}"
+            f"{r['nonembed_params']:>12.3g}{r['tokens']:>12.3g}{r['steps']:>8}{t['batch_size']:>6}"
+            f"{t['learning_rate']:>9.2e}{format_duration(seconds[r['run_id']]):>11}"
+        )
+    lines.append(f"total estimated wall time: {format_duration(sum(seconds.values()))}")
+    return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def check_mesh(plan: dict, mesh_cfg: MeshConfig) -> None:
+    """UsageError unless every planned model and batch divides over the mesh."""
+    mesh = sharding.make_mesh(mesh_cfg)
+    for run in plan["runs"]:
+        sharding.check_fits(mesh, ModelConfig(**run["model"]), run["train"]["batch_size"])
+
+
+def check_workdir(workdir: str, plan: dict) -> None:
+    """Refuses a `workdir` that already holds a sweep with a different plan (never mix or overwrite results)."""
+    path = os.path.join(workdir, "plan.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            if json.load(f) != json.loads(json.dumps(plan)):
+                raise UsageError(
+                    "--workdir",
+                    f"{workdir} holds a sweep with a different plan; re-run its original command to resume it, "
+                    "or choose a new --workdir",
+                )
+
+
+def write_plan(workdir: str, plan: dict) -> None:
+    """Writes plan.json (once; `check_workdir` has vouched for an existing one)."""
+    path = os.path.join(workdir, "plan.json")
+    if jax.process_index() == 0 and not os.path.exists(path):
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(plan, f, indent=2)
+
+
+def result_record(run: dict, summary: dict) -> dict:
+    """One results.jsonl line (the CONTRACT in DESIGN.md)."""
+    return {
+        "run_id": run["run_id"],
+        "arch": run["arch"],
+        "budget": run["budget"],
+        "params": run["params"],
+        "nonembed_params": run["nonembed_params"],
+        "active_params": run["active_params"],
+        "flops_per_token": run["flops_per_token"],
+        "tokens": summary["tokens"],
+        "steps": summary["steps"],
+        "seq_len": run["model"]["seq_len"],
+        "batch_size": run["train"]["batch_size"],
+        "final_train_loss": summary["final_train_loss"],
+        "final_eval_loss": summary["final_eval_loss"],
+        "wall_s": summary["wall_s"],
+        "flops_convention": CONVENTION,
+        "data_fingerprint": data.fingerprint(run["train"]["data"]),
+    }
+
+
+def append_result(workdir: str, record: dict) -> None:
+    """Appends one line in a single write and fsyncs it, so an interrupted sweep never leaves half a line."""
+    with open(os.path.join(workdir, "results.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_sweep(plan: dict, workdir: str, mesh_cfg: MeshConfig, log=print) -> dict:
+    """Runs every planned run (finished ones are skipped, partial ones resume), then fits and plots."""
+    done = {r["run_id"] for r in finished_results(workdir)}
+    for i, run in enumerate(plan["runs"]):
+        if run["run_id"] in done:
+            log(f"[{i + 1}/{len(plan['runs'])}] {run['run_id']}: finished earlier, skipped")
+            continue
+        log(f"[{i + 1}/{len(plan['runs'])}] {run['run_id']}: {run['tokens']:.3g} tokens, {run['steps']} steps")
+        summary = train(
+            ModelConfig(**run["model"]), TrainConfig(**run["train"]), mesh_cfg, os.path.join(workdir, "runs", run["run_id"])
+        )
+        if jax.process_index() == 0:
+            append_result(workdir, result_record(run, summary))
+        log(f"    final eval loss {summary['final_eval_loss']:.4f} in {format_duration(summary['wall_s'])}")
+    return finish(workdir)
+
+
+def finished_results(workdir: str) -> list[dict]:
+    """The results.jsonl records written so far (none before the first run finishes)."""
+    return analysis.load_results(workdir) if os.path.exists(os.path.join(workdir, "results.jsonl")) else []
+
+
+def finish(workdir: str) -> dict:
+    """Fits a parabola per architecture, writes fits.json and isoflop.png, and returns the fits."""
+    results = finished_results(workdir)
+    fits = analysis.fit_sweep(results)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "fits.json"), "w") as f:
+            json.dump(fits, f, indent=2)
+        analysis.plot_isoflop(results, fits, os.path.join(workdir, "isoflop.png"))
+        print(analysis.format_table(results, fits))
+    return fits

@@ -1,0 +1,22 @@
+"""Orbax checkpointing of the sharded train state: periodic and final saves, keep the last K, resume."""
+import os
+
+import orbax.checkpoint as ocp
+
+
+def manager(run_dir: str, keep: int, every: int) -> ocp.CheckpointManager:
+    """A CheckpointManager over <run_dir>/checkpoints saving every `every` steps, keeping the last `keep`."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(1, every), create=True)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(run_dir, "checkpoints")), options=options)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
+    """The latest saved state laid out like `abstract_state` (shardings included), or None."""
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, force: bool = False) -> None:
+    mngr.save(step, args=ocp.args.StandardSave(state), force=force)

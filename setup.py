@@ -1,0 +1,34 @@
+"""Scaling-study toolkit: efficient Transformers against a GPT baseline at equal compute."""
+from setuptools import find_packages, setup
+
+setup(
+    name="scaling",
+    version="0.1.0",
+    description="isoFLOP comparisons of efficient Transformer designs in JAX/Flax",
+    python_requires=">=3.11",
+    packages=find_packages(include=["scaling*", "experiments*", "launch*"]),
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.10",
+        "grain>=0.2.2",
+        "chex>=0.1.87",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "data": ["tensorflow-datasets>=4.9.6"],
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "nbformat>=5.9",
+            "nbclient>=0.10",
+            "ipykernel>=6.29",
+            "tensorflow-datasets>=4.9.6",
+        ],
+    },
+)

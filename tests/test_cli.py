@@ -1,0 +1,75 @@
+"""Entry points as a user runs them: bad input is one line on stderr, exit status 2, nothing written."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(module, *args, devices=1):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_usage_error(result, flag):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and flag in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--budget", "nan"], "--budget"),
+        (["--budget", "-5"], "--budget"),
+        (["--budget", "abc"], "--budget"),
+        (["--budget", "1e9"], "--budget"),
+        (["--budget", "1e13", "--archs", "gpt,nosuch"], "--archs"),
+        (["--budget", "1e13", "--data", "nosuch"], "--data"),
+        (["--budget", "1e13", "--mesh", "data=3"], "--mesh"),
+    ],
+)
+def test_isoflop_bad_input(tmp_path, args, flag):
+    workdir = tmp_path / "sweep"
+    assert_usage_error(run("experiments.isoflop", *args, "--workdir", str(workdir)), flag)
+    assert not workdir.exists()
+
+
+def test_mesh_that_does_not_divide_heads(tmp_path):
+    result = run("experiments.train", "--d_model", "128", "--n_heads", "2", "--mesh", "data=1,model=8",
+                 "--workdir", str(tmp_path / "run"), devices=8)
+    assert_usage_error(result, "--mesh")
+    assert not (tmp_path / "run").exists()
+
+
+def test_isoflop_refuses_a_workdir_with_another_plan(tmp_path):
+    workdir = tmp_path / "sweep"
+    workdir.mkdir()
+    (workdir / "plan.json").write_text(json.dumps({"budget": 1.0, "runs": []}))
+    result = run("experiments.isoflop", "--budget", "2e12", "--seq_len", "64", "--data", "synthetic",
+                 "--workdir", str(workdir))
+    assert_usage_error(result, "--workdir")
+    assert json.loads((workdir / "plan.json").read_text()) == {"budget": 1.0, "runs": []}
+    assert sorted(os.listdir(workdir)) == ["plan.json"]
+
+
+def test_isoflop_dry_run_prints_an_estimated_plan(tmp_path):
+    result = run("experiments.isoflop", "--budget", "6e18", "--dry_run", "--workdir", str(tmp_path / "sweep"))
+    assert result.returncode == 0, result.stderr
+    assert "total estimated wall time" in result.stdout and "WARNING" in result.stdout
+    assert len([line for line in result.stdout.splitlines() if line.startswith("gpt-")]) == 7
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_bench_json_reports_throughput():
+    result = run("experiments.bench", "--d_model", "64", "--n_layers", "1", "--n_heads", "1", "--seq_len", "32",
+                 "--batch_size", "4", "--steps", "2", "--warmup", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["arch"] == "gpt" and row["tokens_per_s"] > 0 and row["tflops_per_device"] > 0 and row["mfu"] is None
+    assert (row["d_model"], row["n_layers"], row["seq_len"], row["batch_size"]) == (64, 1, 32, 4)

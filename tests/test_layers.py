@@ -1,0 +1,83 @@
+"""Properties of the baseline's layers: RoPE, RMSNorm, causality, logical axis names, size family."""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scaling.config import ModelConfig, UsageError
+from scaling.flops import gpt_counts
+from scaling.models.gpt import GPT
+from scaling.nn.norms import RMSNorm
+from scaling.nn.rope import apply_rope
+from scaling.shapes import nonembed_params, shape_for_params
+
+
+def _rope_at(x, position):
+    return apply_rope(x[None, None, None, :], jnp.full((1, 1), position))[0, 0, 0]
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    q, k = jax.random.normal(jax.random.key(0), (2, 64))
+    scores = {(m, n): float(_rope_at(q, m) @ _rope_at(k, n)) for m, n in [(5, 2), (13, 10), (103, 100), (3, 0)]}
+    np.testing.assert_allclose(list(scores.values()), scores[(3, 0)], rtol=1e-4)
+    assert abs(float(_rope_at(q, 7) @ _rope_at(k, 2)) - scores[(3, 0)]) > 1e-3
+
+
+def test_rope_preserves_norms_and_is_identity_at_zero():
+    x = jax.random.normal(jax.random.key(1), (2, 16, 3, 32))
+    positions = jnp.broadcast_to(jnp.arange(16), (2, 16))
+    rotated = apply_rope(x, positions)
+    np.testing.assert_allclose(jnp.linalg.norm(rotated, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(rotated[:, 0], x[:, 0], atol=1e-6)
+
+
+def test_rmsnorm_unit_rms_in_float32():
+    x = jax.random.normal(jax.random.key(2), (4, 8, 32), jnp.bfloat16) * 7
+    y, _ = RMSNorm().init_with_output(jax.random.key(0), x)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(jnp.sqrt(jnp.mean(jnp.square(y.astype(jnp.float32)), -1)), 1.0, rtol=1e-2)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_gpt_is_causal(tiny_model, scan):
+    cfg = dataclasses.replace(tiny_model, scan_layers=scan)
+    tokens = jax.random.randint(jax.random.key(3), (2, cfg.seq_len), 0, cfg.vocab_size)
+    model = GPT(cfg)
+    params = model.init(jax.random.key(0), tokens)
+    changed = tokens.at[:, 20:].set((tokens[:, 20:] + 1) % cfg.vocab_size)
+    a, b = model.apply(params, tokens), model.apply(params, changed)
+    np.testing.assert_allclose(a[:, :20], b[:, :20], atol=1e-5)
+    assert not np.allclose(a[:, 20:], b[:, 20:], atol=1e-3)
+
+
+def test_every_parameter_has_logical_axes_and_counts_match(tiny_model):
+    boxed = jax.eval_shape(lambda: GPT(tiny_model).init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32)))
+    leaves = jax.tree.leaves(boxed["params"], is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
+    assert all(len(leaf.names) == leaf.value.ndim for leaf in leaves)
+    assert sum(leaf.value.size for leaf in leaves) == gpt_counts(tiny_model).params
+
+
+def test_init_stds_follow_reference(tiny_model):
+    cfg = dataclasses.replace(tiny_model, d_model=256, n_heads=4, d_ff=512, n_layers=8, scan_layers=False)
+    params = nn.unbox(GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    assert np.std(params["blocks"]["layer_0"]["block"]["attn"]["query"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+    assert np.std(params["blocks"]["layer_0"]["block"]["mlp"]["down"]["kernel"]) == pytest.approx(0.02 / 4, rel=0.05)
+
+
+def test_size_family_is_deterministic_monotone_and_covers_range():
+    base = ModelConfig()
+    sizes = [5e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10]
+    shapes = [shape_for_params(n, base) for n in sizes]
+    actual = [nonembed_params(s.d_model, s.n_layers) for s in shapes]
+    assert actual == sorted(actual)
+    for target, got, shape in zip(sizes, actual, shapes):
+        assert 0.5 < got / target < 2, (target, got)
+        assert shape.d_head == 64 and shape.d_ff % 64 == 0
+        assert 32 <= shape.d_model / shape.n_layers <= 128
+    assert shape_for_params(2e8, base) == shape_for_params(2e8, base)
+    with pytest.raises(UsageError):
+        shape_for_params(1e3, base)

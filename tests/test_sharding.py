@@ -1,0 +1,113 @@
+"""Sharded training equals single-device training, and parameters really are split over the mesh."""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scaling import data, sharding
+from scaling.config import MeshConfig, TrainConfig, UsageError
+from scaling.models.gpt import GPT
+from scaling.models.registry import get_architecture
+from scaling.train.state import abstract_state, create_state
+from scaling.train.steps import jit_train_step
+
+STEPS = 3
+
+
+def train_on_mesh(cfg, mesh_cfg, devices=None, steps=STEPS):
+    """(per-step losses, final state) of a few AdamW steps on synthetic data over the given mesh."""
+    arch = get_architecture(cfg.arch)
+    mesh = sharding.make_mesh(mesh_cfg, devices)
+    model = arch.model(cfg)
+    tx, _ = arch.optimizer(TrainConfig(learning_rate=1e-2, warmup_frac=0.0), 10)
+    _, shardings = abstract_state(model, tx, cfg, 0, mesh)
+    state = create_state(model, tx, cfg, 0, mesh, arch.post_step)
+    loader = data.BatchLoader(
+        data.make_source("synthetic", "train", cfg.seq_len), global_batch_size=8, seed=0,
+        sharding=sharding.batch_sharding(mesh),
+    )
+    step = jit_train_step(model, tx, 0, arch.post_step, shardings, mesh)
+    losses = []
+    with sharding.activate(mesh):
+        for i in range(steps):
+            state, metrics = step(state, loader(i))
+            losses.append(float(metrics["loss"]))
+    return losses, state
+
+
+@pytest.fixture(scope="module")
+def single_device(request):
+    cache = {}
+
+    def run(cfg):
+        if cfg not in cache:
+            cache[cfg] = train_on_mesh(cfg, MeshConfig(data=1), jax.devices()[:1])
+        return cache[cfg]
+
+    return run
+
+
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (4, 2, 1)])
+def test_sharded_losses_equal_single_device(tiny_model, single_device, mesh):
+    expected, _ = single_device(tiny_model)
+    losses, state = train_on_mesh(tiny_model, MeshConfig(*mesh))
+    np.testing.assert_allclose(losses, expected, rtol=1e-4)
+    assert losses[-1] < losses[0]
+    query = state.params["blocks"]["layers"]["block"]["attn"]["query"]["kernel"]
+    layers, d, heads, d_head = query.shape
+    assert sharding.shard_shapes(query) == {(layers, d, heads // mesh[1], d_head)}
+    up = state.params["blocks"]["layers"]["block"]["mlp"]["up"]["kernel"]
+    assert sharding.shard_shapes(up) == {(layers, d, tiny_model.d_ff // mesh[1])}
+    mu = state.opt_state[1][0].mu["head"]["unembed"]["kernel"]
+    assert sharding.shard_shapes(mu) == {(d, tiny_model.vocab_size // mesh[1])}
+
+
+@pytest.mark.parametrize("change", [dict(remat="full"), dict(remat="dots")], ids=["remat", "dots"])
+def test_layer_options_do_not_change_the_math(tiny_model, single_device, change):
+    expected, _ = single_device(tiny_model)
+    losses, _ = train_on_mesh(dataclasses.replace(tiny_model, **change), MeshConfig(data=1), jax.devices()[:1])
+    np.testing.assert_allclose(losses, expected, rtol=1e-4)
+
+
+def test_scanned_and_unrolled_stacks_compute_the_same_function(tiny_model):
+    unrolled_cfg = dataclasses.replace(tiny_model, scan_layers=False)
+    tokens = jax.random.randint(jax.random.key(0), (2, tiny_model.seq_len), 0, tiny_model.vocab_size)
+    params = nn.unbox(GPT(unrolled_cfg).init(jax.random.key(1), tokens)["params"])
+    layers = [params["blocks"][f"layer_{i}"] for i in range(tiny_model.n_layers)]
+    scanned = {**params, "blocks": {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}}
+    np.testing.assert_allclose(
+        GPT(tiny_model).apply({"params": scanned}, tokens), GPT(unrolled_cfg).apply({"params": params}, tokens),
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+def test_bfloat16_compute_trains_close_to_float32(tiny_model, single_device):
+    expected, _ = single_device(tiny_model)
+    losses, state = train_on_mesh(dataclasses.replace(tiny_model, dtype="bfloat16"), MeshConfig(data=2, model=2), jax.devices()[:4])
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
+    np.testing.assert_allclose(losses, expected, rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "mesh, flag",
+    [(MeshConfig(data=3), "--mesh"), (MeshConfig(data=-1, model=-1), "--mesh"), (MeshConfig(data=1, model=8), "--mesh")],
+)
+def test_bad_meshes_are_usage_errors(tiny_model, mesh, flag):
+    with pytest.raises(UsageError) as error:
+        sharding.check_fits(sharding.make_mesh(mesh), tiny_model, 8)
+    assert error.value.flag == flag
+
+
+def test_batch_must_divide_over_data_axes(tiny_model):
+    with pytest.raises(UsageError, match="batch_size"):
+        sharding.check_fits(sharding.make_mesh(MeshConfig(data=8)), tiny_model, 4)
+
+
+def test_mesh_parsing():
+    assert MeshConfig.parse("data=-1,model=2") == MeshConfig(data=-1, model=2, expert=1)
+    assert MeshConfig.parse("data=2,model=2,expert=2").resolve(8) == (2, 2, 2)
+    with pytest.raises(UsageError):
+        MeshConfig.parse("data=2,pipeline=4")

@@ -1,0 +1,110 @@
+"""isoFLOP planning (sizes, tokens, refusals) and execution (results, fits, plot, resumption)."""
+import dataclasses
+import json
+import math
+import os
+
+import pytest
+
+from scaling import sweep
+from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
+from scaling.models.registry import get_architecture
+
+RESULT_KEYS = {"run_id", "arch", "budget", "params", "nonembed_params", "active_params", "flops_per_token", "tokens",
+               "steps", "seq_len", "batch_size", "final_train_loss", "final_eval_loss", "wall_s", "flops_convention",
+               "data_fingerprint"}
+
+
+def test_plan_at_6e18_is_chinchilla_like():
+    plan = sweep.plan_sweep(6e18, ["gpt"], 7, ModelConfig(seq_len=1024), TrainConfig())
+    runs = plan["runs"]
+    params = [r["nonembed_params"] for r in runs]
+    assert len(runs) == 7 and params == sorted(params)
+    middle = runs[3]
+    assert 1e8 < middle["nonembed_params"] < 4e8
+    assert 2e9 < middle["tokens"] < 8e9
+    assert 0.7 < middle["tokens"] / (20 * middle["nonembed_params"]) < 1.5
+    ratios = [b / a for a, b in zip(params, params[1:])]
+    assert max(ratios) / min(ratios) < 1.6  # evenly spaced in log N, up to the family's rounding
+    for run in runs:
+        assert run["tokens"] * run["flops_per_token"] == pytest.approx(6e18, rel=1e-6)
+        assert run["train"]["batch_size"] == 512 and run["steps"] > 1000
+    assert plan == sweep.plan_sweep(6e18, ["gpt"], 7, ModelConfig(seq_len=1024), TrainConfig())
+
+
+def test_optimal_size_solves_the_budget_equation():
+    base = ModelConfig(seq_len=1024)
+    n = sweep.optimal_size(1e20, base)
+    from scaling.shapes import shape_for_params
+
+    cost = get_architecture("gpt").counts(shape_for_params(n, base)).flops_per_token * 20 * n
+    assert cost == pytest.approx(1e20, rel=0.2)
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0, math.nan, math.inf])
+def test_budget_must_be_positive_and_finite(budget):
+    with pytest.raises(UsageError, match="--budget"):
+        sweep.plan_sweep(budget, ["gpt"], 5, ModelConfig(), TrainConfig())
+
+
+def test_too_small_budget_names_the_minimum():
+    with pytest.raises(UsageError, match=r"--budget: .*use at least (\S+)") as error:
+        sweep.plan_sweep(1e9, ["gpt"], 5, ModelConfig(seq_len=128), TrainConfig())
+    minimum = float(str(error.value).rsplit(" ", 1)[-1])
+    assert len(sweep.plan_sweep(minimum, ["gpt"], 5, ModelConfig(seq_len=128), TrainConfig())["runs"]) >= 3
+
+
+def small_plan(tmp_budget=2e12):
+    """A real plan whose runs are cut to a few steps each, to exercise execution quickly."""
+    plan = sweep.plan_sweep(tmp_budget, ["gpt"], 3, ModelConfig(seq_len=32), TrainConfig(data="synthetic"), batch_size=8)
+    for run in plan["runs"]:
+        run["train"].update(tokens=6 * 8 * 32, eval_every=3, eval_batches=1, log_every=3)
+        run["tokens"], run["steps"] = 6 * 8 * 32, 6
+    return plan
+
+
+def test_sweep_runs_fits_plots_and_resumes(tmp_path):
+    workdir = str(tmp_path / "sweep")
+    plan = small_plan()
+    sweep.check_workdir(workdir, plan)
+    sweep.write_plan(workdir, plan)
+    fits = sweep.run_sweep(plan, workdir, MeshConfig(), log=lambda line: None)
+
+    results = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
+    assert [r["run_id"] for r in results] == [r["run_id"] for r in plan["runs"]]
+    assert all(set(r) == RESULT_KEYS for r in results)
+    assert all(r["steps"] == 6 and math.isfinite(r["final_eval_loss"]) for r in results)
+    assert set(fits["gpt"]) == {repr(2e12)} and fits["gpt"][repr(2e12)]["points"] == len(results)
+    assert json.load(open(os.path.join(workdir, "fits.json"))) == json.loads(json.dumps(fits))
+    assert os.path.getsize(os.path.join(workdir, "isoflop.png")) > 10_000
+
+    logged = []
+    sweep.run_sweep(plan, workdir, MeshConfig(), log=logged.append)
+    assert all("skipped" in line for line in logged)
+    assert len(open(os.path.join(workdir, "results.jsonl")).readlines()) == len(results)
+
+
+def test_partial_sweep_resumes_the_interrupted_run(tmp_path):
+    workdir = str(tmp_path / "sweep")
+    plan = small_plan()
+    plan["runs"] = plan["runs"][:1]
+    sweep.write_plan(workdir, plan)
+    from scaling.train.loop import train
+
+    first = plan["runs"][0]
+    run_dir = os.path.join(workdir, "runs", first["run_id"])
+    train(ModelConfig(**first["model"]), TrainConfig(**first["train"]), MeshConfig(), run_dir, max_steps=3)
+    sweep.run_sweep(plan, workdir, MeshConfig(), log=lambda line: None)
+    steps = [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert steps == [3, 6]
+
+
+def test_workdir_with_a_different_plan_is_refused(tmp_path):
+    workdir = str(tmp_path / "sweep")
+    plan = small_plan()
+    sweep.write_plan(workdir, plan)
+    different = small_plan(3e12)
+    with pytest.raises(UsageError, match="--workdir"):
+        sweep.check_workdir(workdir, different)
+    sweep.check_workdir(workdir, small_plan())
+    assert json.load(open(os.path.join(workdir, "plan.json"))) == json.loads(json.dumps(plan))

@@ -1,0 +1,70 @@
+"""The training loop: resumed == uninterrupted, metrics and files as documented, refusal to mix runs."""
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from scaling.config import MeshConfig, UsageError
+from scaling.train.loop import train
+
+METRIC_KEYS = {"step", "tokens", "flops", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device",
+               "mfu", "wall_s"}
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def final_params(run_dir, step):
+    restored = ocp.StandardCheckpointer().restore(os.path.join(run_dir, "checkpoints", str(step), "default"))
+    return restored["params"]
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_model, tiny_train, tmp_path):
+    mesh = MeshConfig(data=-1, model=2)
+    whole = str(tmp_path / "whole")
+    split = str(tmp_path / "split")
+    summary = train(tiny_model, tiny_train, mesh, whole)
+    first = train(tiny_model, tiny_train, mesh, split, max_steps=3)
+    assert not first["complete"] and not os.path.exists(os.path.join(split, "summary.json"))
+    resumed = train(tiny_model, tiny_train, MeshConfig(data=-1, model=4), split)
+
+    steps = tiny_train.steps(tiny_model.seq_len)
+    assert summary["complete"] and resumed["complete"] and resumed["steps"] == steps
+    whole_metrics, split_metrics = read_metrics(whole), read_metrics(split)
+    assert [m["step"] for m in split_metrics] == list(range(1, steps + 1))
+    np.testing.assert_allclose([m["loss"] for m in split_metrics], [m["loss"] for m in whole_metrics], rtol=1e-5)
+    assert resumed["final_eval_loss"] == pytest.approx(summary["final_eval_loss"], rel=1e-5)
+    a, b = final_params(whole, steps), final_params(split, steps)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_metrics_files_and_checkpoint_retention(tiny_model, tiny_train, tmp_path):
+    run_dir = str(tmp_path / "run")
+    summary = train(tiny_model, dataclasses.replace(tiny_train, keep_checkpoints=2), MeshConfig(), run_dir)
+    metrics = read_metrics(run_dir)
+    assert all(METRIC_KEYS <= set(m) for m in metrics)
+    assert metrics[-1]["flops"] == pytest.approx(summary["flops_per_token"] * summary["tokens"])
+    assert metrics[0]["mfu"] is None and metrics[0]["tflops_per_device"] > 0
+    assert [m["step"] for m in metrics if m["eval_loss"] is not None] == [2, 4, 6, 8]
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["6", "8"]
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    assert config["data_fingerprint"]["name"] == "synthetic" and "versions" in config
+    # A finished run is not trained again.
+    assert train(tiny_model, tiny_train, MeshConfig(), run_dir) == json.load(open(os.path.join(run_dir, "summary.json")))
+
+
+def test_refuses_a_workdir_holding_another_run(tiny_model, tiny_train, tmp_path):
+    run_dir = str(tmp_path / "run")
+    train(tiny_model, tiny_train, MeshConfig(), run_dir, max_steps=1)
+    before = sorted(os.listdir(run_dir))
+    with pytest.raises(UsageError, match="--workdir"):
+        train(dataclasses.replace(tiny_model, d_model=128, d_ff=256), tiny_train, MeshConfig(), run_dir)
+    assert sorted(os.listdir(run_dir)) == before
