@@ -23,6 +23,13 @@ def define_model_flags(default_seq_len: int = 256) -> None:
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters stay float32).")
     flags.DEFINE_bool("scan_layers", True, "Scan over layers (compile once) instead of unrolling.")
     flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "Rematerialisation policy per block.")
+    flags.DEFINE_integer("num_experts", 8, "Experts per MoE layer (switch).")
+    flags.DEFINE_float("capacity_factor", 1.25, "Expert capacity factor in training (switch).")
+    flags.DEFINE_integer("moe_every", 2, "Every k-th block has an MoE FFN (switch; 1: every block).")
+    flags.DEFINE_integer("group_size", 1024, "Tokens per routing group (switch).")
+    flags.DEFINE_float("router_z_loss", 0.0, "Router z-loss coefficient (switch; ST-MoE: 1e-3).")
+    flags.DEFINE_integer("chunk_size", 64, "Lightning Attention chunk size, a power of two (tnl).")
+    flags.DEFINE_bool("lrpe", False, "LRPE on the first layer (tnl).")
 
 
 def define_train_flags() -> None:
@@ -59,6 +66,13 @@ def model_config(arch: str | None = None) -> ModelConfig:
         dtype=FLAGS.dtype,
         scan_layers=FLAGS.scan_layers,
         remat=FLAGS.remat,
+        num_experts=FLAGS.num_experts,
+        capacity_factor=FLAGS.capacity_factor,
+        moe_every=FLAGS.moe_every,
+        group_size=FLAGS.group_size,
+        router_z_loss=FLAGS.router_z_loss,
+        chunk_size=FLAGS.chunk_size,
+        lrpe=FLAGS.lrpe,
     )
     if FLAGS.size is not None:
         given = [f"--{k}" for k, v in shape_flags.items() if v is not None]

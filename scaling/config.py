@@ -34,6 +34,16 @@ class ModelConfig:
     remat: str = "none"
     init_std: float = 0.02
     rope_base: float = 10000.0
+    # Switch Transformer MoE FFN (REFERENCE.md section 3); used by architectures with experts.
+    num_experts: int = 8
+    capacity_factor: float = 1.25
+    eval_capacity_factor: float = 2.0
+    moe_every: int = 2
+    group_size: int = 1024
+    router_z_loss: float = 0.0
+    # TransNormerLLM / Lightning Attention (REFERENCE.md section 5).
+    chunk_size: int = 64
+    lrpe: bool = False
 
     @property
     def d_head(self) -> int:
@@ -51,6 +61,18 @@ class ModelConfig:
             raise UsageError("--dtype", f"choose one of {', '.join(DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             raise UsageError("--remat", f"choose one of {', '.join(REMAT_POLICIES)}")
+        if self.num_experts < 1:
+            raise UsageError("--num_experts", "must be a positive integer")
+        if self.capacity_factor <= 0 or self.eval_capacity_factor <= 0:
+            raise UsageError("--capacity_factor", "must be positive (e.g. 1.25)")
+        if self.moe_every < 1:
+            raise UsageError("--moe_every", "must be a positive integer (1: every block, 2: every other)")
+        if self.group_size < 1:
+            raise UsageError("--group_size", "must be a positive integer")
+        if self.router_z_loss < 0:
+            raise UsageError("--router_z_loss", "must be >= 0 (ST-MoE uses 1e-3)")
+        if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
+            raise UsageError("--chunk_size", "must be a power of two (e.g. 64)")
         return self
 
 

@@ -55,4 +55,4 @@ def test_isoflop_notebook_runs_on_fixture_sweep(tmp_path, monkeypatch):
             assert f"optimum: n_opt={10 ** vertex(arch, budget):.3g}" in text
         assert f"{arch}: N_opt = " in text and "C^0.500" in text
     assert sum("image/png" in out.get("data", {}) for out in outputs) == 2
-    assert (workdirs[0] / "isoflop.png").stat().st_size > 0
+    assert (tmp_path / "figures" / "isoflop.png").stat().st_size > 0 and not (workdirs[0] / "isoflop.png").exists()
