@@ -64,7 +64,7 @@ def test_every_parameter_has_logical_axes_and_counts_match(tiny_model):
 def test_init_stds_follow_reference(tiny_model):
     cfg = dataclasses.replace(tiny_model, d_model=256, n_heads=4, d_ff=512, n_layers=8, scan_layers=False)
     params = nn.unbox(GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
-    assert np.std(params["blocks"]["layer_0"]["block"]["attn"]["query"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+    assert np.std(params["blocks"]["layer_0"]["block"]["attn"]["qkv"]["kernel"]) == pytest.approx(0.02, rel=0.05)
     assert np.std(params["blocks"]["layer_0"]["block"]["mlp"]["down"]["kernel"]) == pytest.approx(0.02 / 4, rel=0.05)
 
 

@@ -56,11 +56,11 @@ def test_sharded_losses_equal_single_device(tiny_model, single_device, mesh):
     losses, state = train_on_mesh(tiny_model, MeshConfig(*mesh))
     np.testing.assert_allclose(losses, expected, rtol=1e-4)
     assert losses[-1] < losses[0]
-    query = state.params["blocks"]["layers"]["block"]["attn"]["query"]["kernel"]
-    layers, d, heads, d_head = query.shape
-    assert sharding.shard_shapes(query) == {(layers, d, heads // mesh[1], d_head)}
-    up = state.params["blocks"]["layers"]["block"]["mlp"]["up"]["kernel"]
-    assert sharding.shard_shapes(up) == {(layers, d, tiny_model.d_ff // mesh[1])}
+    qkv = state.params["blocks"]["layers"]["block"]["attn"]["qkv"]["kernel"]
+    layers, d, _, heads, d_head = qkv.shape
+    assert sharding.shard_shapes(qkv) == {(layers, d, 3, heads // mesh[1], d_head)}
+    up_gate = state.params["blocks"]["layers"]["block"]["mlp"]["up_gate"]["kernel"]
+    assert sharding.shard_shapes(up_gate) == {(layers, d, 2, tiny_model.d_ff // mesh[1])}
     mu = state.opt_state[1][0].mu["head"]["unembed"]["kernel"]
     assert sharding.shard_shapes(mu) == {(d, tiny_model.vocab_size // mesh[1])}
 

@@ -25,7 +25,10 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> 
 
 
 class CausalSelfAttention(nn.Module):
-    """Projections q, k, v (no bias), RoPE on q and k, causal softmax attention, output projection."""
+    """Fused q, k, v projection (no bias), RoPE on q and k, causal softmax attention, output projection.
+
+    One [d, 3, heads, d_head] kernel instead of three: the same function, fewer and larger matmuls.
+    """
 
     config: ModelConfig
 
@@ -33,9 +36,8 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         cfg = self.config
         heads = (cfg.n_heads, cfg.d_head)
-        q, k, v = (
-            dense(cfg, heads, ("embed", "heads", "kv"), name=name)(x) for name in ("query", "key", "value")
-        )
+        qkv = dense(cfg, (3,) + heads, ("embed", None, "heads", "kv"), name="qkv")(x)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = nn.with_logical_constraint(apply_rope(q, positions, cfg.rope_base), ("batch", "length", "heads", "kv"))
         k = nn.with_logical_constraint(apply_rope(k, positions, cfg.rope_base), ("batch", "length", "heads", "kv"))
         out = causal_attention(q, k, v, 1.0 / math.sqrt(cfg.d_head))
