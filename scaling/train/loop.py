@@ -52,17 +52,20 @@ def _versions() -> dict:
     }
 
 
+def _comparable(config: dict) -> dict:
+    return {key: value for key, value in config.items() if key not in ("versions", "mesh")}
+
+
 def _write_config(run_dir: str, config: dict) -> None:
     """Writes config.json, or refuses to mix results with a different run already in `run_dir`.
 
     The mesh may differ between a run and its resumption (checkpoints restore onto any layout).
     """
     path = os.path.join(run_dir, "config.json")
-    comparable = lambda c: {k: v for k, v in c.items() if k not in ("versions", "mesh")}
     if os.path.exists(path):
         with open(path) as f:
             existing = json.load(f)
-        if comparable(existing) != comparable(json.loads(json.dumps(config))):
+        if _comparable(existing) != _comparable(json.loads(json.dumps(config))):
             raise UsageError(
                 "--workdir", f"{run_dir} holds a run with a different configuration; choose a new --workdir"
             )
@@ -98,6 +101,55 @@ class Evaluator:
         return float(total / max(count, 1.0))
 
 
+@dataclasses.dataclass
+class _Run:
+    """Everything the loop needs, built once: the jitted step, data, evaluation, logging, checkpoints."""
+
+    state: object
+    step_fn: object
+    schedule: object
+    loader: data.BatchLoader
+    evaluate: Evaluator
+    mngr: object
+    log: MetricsLog
+    mesh: object
+    wall_offset: float
+
+
+def _build(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh, run_dir: str, total_steps: int) -> _Run:
+    """Restores the latest checkpoint (or initialises), and compiles the train step ahead of time."""
+    arch = get_architecture(model_cfg.arch)
+    model = arch.model(model_cfg)
+    tx, schedule = arch.optimizer(train_cfg, total_steps)
+    abstract, shardings = abstract_state(model, tx, model_cfg, train_cfg.seed, mesh)
+    mngr = checkpoints.manager(run_dir, train_cfg.keep_checkpoints, train_cfg.checkpoint_every)
+    state = checkpoints.restore_latest(mngr, abstract)
+    if state is None:
+        state = create_state(model, tx, model_cfg, train_cfg.seed, mesh, arch.post_step)
+    log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"))
+    history = log.truncate_after(int(state.step))
+    loader = data.BatchLoader(
+        data.make_source(train_cfg.data, "train", model_cfg.seq_len),
+        global_batch_size=train_cfg.batch_size,
+        seed=train_cfg.seed,
+        sharding=sharding.batch_sharding(mesh),
+    )
+    with sharding.activate(mesh):
+        step_fn = jit_train_step(model, tx, train_cfg.seed, arch.post_step, shardings, mesh)
+        step_fn = step_fn.lower(state, loader(int(state.step))).compile()
+    return _Run(
+        state=state,
+        step_fn=step_fn,
+        schedule=schedule,
+        loader=loader,
+        evaluate=Evaluator(model, model_cfg, train_cfg, mesh, shardings.params),
+        mngr=mngr,
+        log=log,
+        mesh=mesh,
+        wall_offset=history[-1]["wall_s"] if history else 0.0,
+    )
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -113,7 +165,6 @@ def train(
     """
     model_cfg = model_cfg.validate()
     train_cfg = train_cfg.validate(model_cfg.seq_len)
-    arch = get_architecture(model_cfg.arch)
     mesh = sharding.make_mesh(mesh_cfg)
     sharding.check_fits(mesh, model_cfg, train_cfg.batch_size)
     config = run_config(model_cfg, train_cfg, mesh_cfg)
@@ -125,80 +176,63 @@ def train(
 
     total_steps = train_cfg.steps(model_cfg.seq_len)
     stop_step = total_steps if max_steps is None else min(max_steps, total_steps)
-    eval_every = train_cfg.eval_every or max(1, total_steps // 10)
-    log_every = max(1, min(train_cfg.log_every, total_steps))
-    flops_per_token = config["counts"]["flops_per_token"]
-    tokens_per_step = train_cfg.batch_size * model_cfg.seq_len
-
-    model = arch.model(model_cfg)
-    tx, schedule = arch.optimizer(train_cfg, total_steps)
-    abstract, shardings = abstract_state(model, tx, model_cfg, train_cfg.seed, mesh)
-    mngr = checkpoints.manager(run_dir, train_cfg.keep_checkpoints, train_cfg.checkpoint_every)
-    state = checkpoints.restore_latest(mngr, abstract)
-    if state is None:
-        state = create_state(model, tx, model_cfg, train_cfg.seed, mesh, arch.post_step)
-    start_step = int(state.step)
-
-    log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"))
-    history = log.truncate_after(start_step)
-    wall_offset = history[-1]["wall_s"] if history else 0.0
-
-    loader = data.BatchLoader(
-        data.make_source(train_cfg.data, "train", model_cfg.seq_len),
-        global_batch_size=train_cfg.batch_size,
-        seed=train_cfg.seed,
-        sharding=sharding.batch_sharding(mesh),
-    )
-    evaluate = Evaluator(model, model_cfg, train_cfg, mesh, shardings.params)
-    step_fn = jit_train_step(model, tx, train_cfg.seed, arch.post_step, shardings, mesh)
-
+    run = _build(model_cfg, train_cfg, mesh, run_dir, total_steps)
     start_time = time.perf_counter()
-    interval_start, interval_steps, pending = start_time, 0, []
-    last = {"loss": float("nan"), "eval_loss": None}
-    show = sys.stderr.isatty() and jax.process_index() == 0
-    bar = tqdm(total=stop_step, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
-    with sharding.activate(mesh):
-        for step in range(start_step, stop_step):
-            state, metrics = step_fn(state, loader(step))
-            pending.append(metrics)
-            interval_steps += 1
-            done = step + 1
-            is_eval = done % eval_every == 0 or done == total_steps
-            if done % log_every == 0 or is_eval or done == stop_step:
-                record = _mean_metrics(pending)
-                now = time.perf_counter()
-                record.update(
-                    throughput(flops_per_token, interval_steps * tokens_per_step, now - interval_start, mesh.size)
-                )
-                record.update(
-                    step=done,
-                    tokens=done * tokens_per_step,
-                    flops=done * tokens_per_step * flops_per_token,
-                    lr=float(schedule(step)),
-                    eval_loss=evaluate(state.params) if is_eval else None,
-                    wall_s=wall_offset + now - start_time,
-                )
-                log.write(record)
-                last.update(loss=record["loss"], eval_loss=record["eval_loss"] or last["eval_loss"])
-                bar.set_postfix(loss=f"{record['loss']:.3f}", eval=f"{last['eval_loss'] or float('nan'):.3f}")
-                pending, interval_steps = [], 0
-                interval_start = time.perf_counter()
-            checkpoints.save(mngr, done, state, force=done == stop_step)
-            bar.update(1)
-    bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
-
+    last = _loop(run, train_cfg, model_cfg.seq_len, config["counts"]["flops_per_token"], total_steps, stop_step)
     summary = {
         "steps": stop_step,
         "complete": stop_step == total_steps,
-        "tokens": stop_step * tokens_per_step,
+        "tokens": stop_step * train_cfg.batch_size * model_cfg.seq_len,
         "final_train_loss": last["loss"],
         "final_eval_loss": last["eval_loss"],
-        "wall_s": wall_offset + time.perf_counter() - start_time,
+        "wall_s": run.wall_offset + time.perf_counter() - start_time,
         **config["counts"],
     }
     if summary["complete"] and jax.process_index() == 0:
         with open(summary_path, "w") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+def _loop(run: _Run, train_cfg: TrainConfig, seq_len: int, flops_per_token: float, total_steps: int, stop_step: int):
+    """Steps from the restored step to `stop_step`, logging, evaluating and checkpointing on schedule.
+
+    Returns the last logged {"loss", "eval_loss"}.
+    """
+    eval_every = train_cfg.eval_every or max(1, total_steps // 10)
+    log_every = max(1, min(train_cfg.log_every, total_steps))
+    tokens_per_step = train_cfg.batch_size * seq_len
+    start_step = int(run.state.step)
+    start_time = interval_start = time.perf_counter()
+    pending, last = [], {"loss": float("nan"), "eval_loss": None}
+    show = sys.stderr.isatty() and jax.process_index() == 0
+    bar = tqdm(total=stop_step, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
+    state = run.state
+    with sharding.activate(run.mesh):
+        for step in range(start_step, stop_step):
+            state, metrics = run.step_fn(state, run.loader(step))
+            pending.append(metrics)
+            done = step + 1
+            is_eval = done % eval_every == 0 or done == total_steps
+            if done % log_every == 0 or is_eval or done == stop_step:
+                now = time.perf_counter()
+                record = {
+                    **_mean_metrics(pending),
+                    **throughput(flops_per_token, len(pending) * tokens_per_step, now - interval_start, run.mesh.size),
+                    "step": done,
+                    "tokens": done * tokens_per_step,
+                    "flops": done * tokens_per_step * flops_per_token,
+                    "lr": float(run.schedule(step)),
+                    "eval_loss": run.evaluate(state.params) if is_eval else None,
+                    "wall_s": run.wall_offset + now - start_time,
+                }
+                run.log.write(record)
+                last.update(loss=record["loss"], eval_loss=record["eval_loss"] or last["eval_loss"])
+                bar.set_postfix(loss=f"{record['loss']:.3f}", eval=f"{last['eval_loss'] or float('nan'):.3f}")
+                pending, interval_start = [], time.perf_counter()
+            checkpoints.save(run.mngr, done, state, force=done == stop_step)
+            bar.update(1)
+    bar.close()
+    run.mngr.wait_until_finished()
+    run.mngr.close()
+    return last
