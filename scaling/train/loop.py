@@ -215,9 +215,10 @@ def _loop(run: _Run, train_cfg: TrainConfig, seq_len: int, flops_per_token: floa
             done = step + 1
             is_eval = done % eval_every == 0 or done == total_steps
             if done % log_every == 0 or is_eval or done == stop_step:
+                means = _mean_metrics(pending)  # blocks until the interval's steps are done
                 now = time.perf_counter()
                 record = {
-                    **_mean_metrics(pending),
+                    **means,
                     **throughput(flops_per_token, len(pending) * tokens_per_step, now - interval_start, run.mesh.size),
                     "step": done,
                     "tokens": done * tokens_per_step,
