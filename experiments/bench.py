@@ -1,16 +1,26 @@
 """Train-step throughput: python -m experiments.bench --arch gpt --d_model 256 --n_layers 4 --n_heads 4.
 
-Prints tokens/s, model TFLOP/s per device and MFU (where the device's peak is known) of the real
-jitted train step: the median of --steps timed steps after compilation and --warmup untimed ones.
+Prints tokens/s, model TFLOP/s per device, MFU (where the device's peak is known) and peak memory of
+the real jitted train step: the median of --steps timed steps after compilation and --warmup untimed
+ones; peak memory is XLA's memory analysis of the compiled step (temporaries + arguments).
 With several --arch values the rows are measured in one process, so their ratio is meaningful.
+`--seq_lens 256,1024,4096,16384 --tokens_per_batch 16384` measures every length at the same tokens
+per batch (batch = tokens_per_batch / seq_len) and `--plot FILE.png` draws tokens/s and memory vs length.
 """
+import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 from absl import flags
 
 from experiments import cli
+from scaling import sharding
 from scaling.benchmark import time_train_step
+from scaling.config import TrainConfig, UsageError
+from scaling.models.registry import get_architecture
+from scaling.train.state import abstract_state
+from scaling.train.steps import jit_train_step
 
 cli.define_model_flags()
 cli.define_common_flags()
@@ -18,15 +28,39 @@ flags.DEFINE_integer("batch_size", 8, "Global batch size in sequences.")
 flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_bool("json", False, "Print one JSON object per line instead of a table.")
+flags.DEFINE_string("seq_lens", None, "Comma-separated sequence lengths to measure (instead of --seq_len).")
+flags.DEFINE_integer("tokens_per_batch", None, "With --seq_lens: batch = tokens_per_batch / seq_len.")
+flags.DEFINE_string("plot", None, "PNG file for tokens/s and peak memory against sequence length.")
+flags.DEFINE_float("max_peak_mib", None, "Report but do not run shapes whose compiled peak memory exceeds this.")
 FLAGS = flags.FLAGS
 
 COLUMNS = ("arch", "d_model", "n_layers", "n_heads", "seq_len", "batch_size", "dtype", "tokens_per_s",
-           "tflops_per_device", "mfu", "step_ms")
+           "tflops_per_device", "mfu", "step_ms", "peak_mib")
 
 
-def measure(arch: str) -> dict:
-    model_cfg = cli.model_config(arch)
-    result = time_train_step(model_cfg, FLAGS.batch_size, cli.mesh_config(), steps=FLAGS.steps, warmup=FLAGS.warmup)
+def peak_memory_mib(model_cfg, batch_size: int) -> float:
+    """Temporaries + arguments of the compiled train step (XLA memory analysis), in MiB."""
+    arch = get_architecture(model_cfg.arch)
+    mesh = sharding.make_mesh(cli.mesh_config())
+    model = arch.model(model_cfg)
+    tx, _ = arch.optimizer(TrainConfig(batch_size=batch_size), 1000)
+    state, shardings = abstract_state(model, tx, model_cfg, 0, mesh)
+    tokens = jax.ShapeDtypeStruct((batch_size, model_cfg.seq_len), jnp.int32, sharding=sharding.batch_sharding(mesh))
+    batch = {"inputs": tokens, "targets": tokens, "weights": tokens.update(dtype=jnp.float32)}
+    with sharding.activate(mesh):
+        compiled = jit_train_step(model, tx, 0, arch.post_step, shardings, mesh).lower(state, batch).compile()
+    memory = compiled.memory_analysis()
+    return (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20
+
+
+def measure(arch: str, seq_len: int, batch_size: int) -> dict:
+    """One row; a shape over --max_peak_mib keeps its memory figure and gets None for the timings."""
+    model_cfg = dataclasses.replace(cli.model_config(arch), seq_len=seq_len).validate()
+    peak = peak_memory_mib(model_cfg, batch_size)
+    if FLAGS.max_peak_mib is not None and peak > FLAGS.max_peak_mib:
+        result = dict.fromkeys(("step_s", "compile_s", "tokens_per_s", "tflops_per_device", "mfu"))
+    else:
+        result = time_train_step(model_cfg, batch_size, cli.mesh_config(), steps=FLAGS.steps, warmup=FLAGS.warmup)
     return {
         "arch": arch,
         "d_model": model_cfg.d_model,
@@ -35,34 +69,68 @@ def measure(arch: str) -> dict:
         "d_ff": model_cfg.d_ff,
         "seq_len": model_cfg.seq_len,
         "vocab_size": model_cfg.vocab_size,
-        "batch_size": FLAGS.batch_size,
+        "batch_size": batch_size,
         "dtype": model_cfg.dtype,
+        "params": get_architecture(arch).counts(model_cfg).params,
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,
-        "step_ms": 1000 * result["step_s"],
+        "step_ms": result["step_s"] and 1000 * result["step_s"],
+        "peak_mib": peak,
         **result,
     }
 
 
-def format_row(row: dict) -> str:
-    cells = []
-    for key in COLUMNS:
-        value = row[key]
-        cells.append(f"{value:>18.4g}" if isinstance(value, float) else f"{str(value):>18}")
-    return "".join(cells)
+def shapes() -> list[tuple[int, int]]:
+    """(seq_len, batch_size) pairs to measure."""
+    if FLAGS.seq_lens is None:
+        return [(FLAGS.seq_len, FLAGS.batch_size)]
+    try:
+        lengths = [int(t) for t in FLAGS.seq_lens.split(",") if t]
+    except ValueError:
+        raise UsageError("--seq_lens", "write comma-separated integers, e.g. 256,1024,4096") from None
+    tokens = FLAGS.tokens_per_batch
+    if tokens is not None and any(t < 1 or tokens % t for t in lengths):
+        raise UsageError("--tokens_per_batch", "must be a multiple of every --seq_lens value")
+    return [(t, tokens // t if tokens else FLAGS.batch_size) for t in lengths]
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for arch in dict.fromkeys(row["arch"] for row in rows):
+        mine = [row for row in rows if row["arch"] == arch]
+        for ax, key in zip(axes, ("tokens_per_s", "peak_mib")):
+            ax.plot([r["seq_len"] for r in mine if r[key]], [r[key] for r in mine if r[key]], "o-", label=arch)
+    for ax, label in zip(axes, ("training tokens/s", "peak memory (MiB)")):
+        ax.set(xscale="log", xlabel="sequence length", ylabel=label)
+        ax.legend()
+    axes[1].set_yscale("log")
+    fig.suptitle(f"same tokens per batch ({rows[0]['seq_len'] * rows[0]['batch_size']}), {rows[0]['device_kind']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main(argv) -> None:
     del argv
     archs = [a for a in FLAGS.arch.split(",") if a]
-    rows = [measure(arch) for arch in archs]
-    if FLAGS.json:
-        for row in rows:
-            print(json.dumps(row))
-        return
-    print("".join(f"{c:>18}" for c in COLUMNS))
-    for row in rows:
-        print(format_row(row))
+    if not FLAGS.json:
+        print("".join(f"{c:>18}" for c in COLUMNS))
+    rows = []
+    for seq_len, batch in shapes():
+        for arch in archs:
+            row = measure(arch, seq_len, batch)
+            rows.append(row)
+            if FLAGS.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print("".join(f"{row[k]:>18.4g}" if isinstance(row[k], float) else f"{str(row[k]):>18}" for k in COLUMNS),
+                      flush=True)
+    if FLAGS.plot:
+        plot(rows, FLAGS.plot)
 
 
 if __name__ == "__main__":

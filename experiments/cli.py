@@ -26,7 +26,7 @@ def define_model_flags(default_seq_len: int = 256) -> None:
     flags.DEFINE_integer("num_experts", 8, "Experts per MoE layer (switch).")
     flags.DEFINE_float("capacity_factor", 1.25, "Expert capacity factor in training (switch).")
     flags.DEFINE_integer("moe_every", 2, "Every k-th block has an MoE FFN (switch; 1: every block).")
-    flags.DEFINE_integer("group_size", 1024, "Tokens per routing group (switch).")
+    flags.DEFINE_integer("group_size", 256, "Tokens per routing group (switch).")
     flags.DEFINE_float("router_z_loss", 0.0, "Router z-loss coefficient (switch; ST-MoE: 1e-3).")
     flags.DEFINE_integer("chunk_size", 64, "Lightning Attention chunk size, a power of two (tnl).")
     flags.DEFINE_bool("lrpe", False, "LRPE on the first layer (tnl).")

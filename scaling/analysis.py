@@ -328,3 +328,79 @@ def plot_speedup(curves, path, xlabel: str = "step") -> Figure:
     ax_speed.legend(fontsize="small")
     fig.savefig(path, dpi=120)
     return fig
+
+
+def summarize_speedup(curve) -> dict:
+    """Headline numbers of a `speedup_curve` result: the speedup at the variant's last step where it is
+    defined, the median over the defined points of the second half of the run, the maximum, and the
+    fraction of points where it is defined. Values are None where no point is defined."""
+    steps = np.asarray(curve["steps"], dtype=float)
+    defined = [(s, v) for s, v in zip(steps, curve["speedup"]) if v is not None]
+    late = [v for s, v in defined if s >= steps.max() / 2]
+    return {"last_defined": defined[-1][1] if defined else None,
+            "last_defined_at": defined[-1][0] if defined else None,
+            "median_second_half": float(np.median(late)) if late else None,
+            "max": max(v for _, v in defined) if defined else None,
+            "defined_fraction": len(defined) / len(steps)}
+
+
+def _draw_speedup_pair(ax_loss, ax_speed, curve, labels, xlabel: str) -> None:
+    """Eval loss (raw faint, smoothed solid) of both sides, and the defined speedup points, vs x."""
+    for part, colour, label in ((curve["baseline"], "0.35", labels[0]), (curve["variant"], "C0", labels[1])):
+        ax_loss.plot(part["steps"], part["losses"], color=colour, lw=0.8, alpha=0.3)
+        ax_loss.plot(part["steps"], part["smoothed"], color=colour, label=label)
+    defined = [(s, v) for s, v in zip(curve["steps"], curve["speedup"]) if v is not None]
+    ax_speed.plot([s for s, _ in defined], [v for _, v in defined], color="C0", marker=".")
+    ax_speed.axhline(1.0, color="0.5", ls=":")
+    ax_loss.set(xlabel=xlabel, ylabel="eval loss", title=f"Eval loss vs {xlabel}")
+    ax_speed.set(xlabel=xlabel, ylabel=f"speedup (baseline {xlabel} to match / {xlabel})",
+                 title=f"{labels[1]} speedup vs {xlabel}")
+    ax_loss.legend(fontsize="small")
+
+
+def plot_speedup_report(report, path) -> Figure:
+    """The speedup figure of `experiments.speedup`: loss and speedup against steps (top) and wall time
+    (bottom), the learning-rate sweep of both sides, and the headline numbers.
+    `report` is the curves.json content. Saves a PNG at `path` and returns the figure."""
+    base, var = report["baseline"], report["variant"]
+    labels = (f"{base['arch']} (lr {base['learning_rate']:g})", f"{var['arch']} (lr {var['learning_rate']:g})")
+    fig = Figure(figsize=(15, 8.5), layout="constrained")
+    axes = fig.subplots(2, 3)
+    _draw_speedup_pair(axes[0, 0], axes[0, 1], report["steps"], labels, "step")
+    _draw_speedup_pair(axes[1, 0], axes[1, 1], report["wall"], labels, "seconds")
+    ax_lr = axes[0, 2]
+    for side, colour in ((base, "0.35"), (var, "C0")):
+        lrs = sorted(side["sweep"], key=float)
+        ax_lr.plot([float(lr) for lr in lrs], [side["sweep"][lr] for lr in lrs], color=colour, marker="o",
+                   label=side["arch"])
+    ax_lr.set(xscale="log", xlabel="peak learning rate", ylabel="final eval loss", title="LR sweep (same grid)")
+    grid = sorted({float(lr) for side in (base, var) for lr in side["sweep"]})
+    ax_lr.set_xticks(grid, [f"{lr:g}" for lr in grid])
+    ax_lr.minorticks_off()
+    ax_lr.legend(fontsize="small")
+    axes[1, 2].axis("off")
+    axes[1, 2].text(0.0, 1.0, format_speedup_report(report), va="top", family="monospace", fontsize=9)
+    fig.suptitle(f"{var['arch']} vs {base['arch']}: speedup in steps to reach the same eval loss")
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def format_speedup_report(report) -> str:
+    """The headline numbers of a speedup report, one per line."""
+    fmt = lambda v: "undefined" if v is None else f"{v:.2f}x"
+    setup, timing = report["setup"], report["per_step_time"]
+    lines = [f"seq_len {setup['seq_len']}, batch {setup['batch_size']}, {setup['steps']} steps",
+             f"tokens {setup['tokens']:.3g}, eval every {setup['eval_every']} steps"]
+    for side in ("baseline", "variant"):
+        s = report[side]
+        edge = " (best LR at the grid's edge)" if s.get("best_at_grid_edge") else ""
+        lines.append(f"{s['arch']}: {s['params']:,} params, lr {s['learning_rate']:g}{edge}, "
+                     f"final eval {s['final_eval_loss']:.4f}")
+    lines.append(f"step time: {timing['baseline_s'] * 1e3:.1f} ms vs {timing['variant_s'] * 1e3:.1f} ms "
+                 f"({timing['overhead']:+.0%})")
+    for key in ("steps", "wall"):
+        summary = report["summary"][key]
+        lines.append(f"speedup vs {key}: last {fmt(summary['last_defined'])}, "
+                     f"median 2nd half {fmt(summary['median_second_half'])}, "
+                     f"defined at {summary['defined_fraction']:.0%} of evals")
+    return "\n".join(lines)

@@ -39,7 +39,7 @@ class ModelConfig:
     capacity_factor: float = 1.25
     eval_capacity_factor: float = 2.0
     moe_every: int = 2
-    group_size: int = 1024
+    group_size: int = 256
     router_z_loss: float = 0.0
     # TransNormerLLM / Lightning Attention (REFERENCE.md section 5).
     chunk_size: int = 64
@@ -67,6 +67,8 @@ class ModelConfig:
             raise UsageError("--capacity_factor", "must be positive (e.g. 1.25)")
         if self.moe_every < 1:
             raise UsageError("--moe_every", "must be a positive integer (1: every block, 2: every other)")
+        if self.arch == "switch" and self.moe_every > self.n_layers:
+            raise UsageError("--moe_every", f"must be <= --n_layers={self.n_layers}, or no block gets experts")
         if self.group_size < 1:
             raise UsageError("--group_size", "must be a positive integer")
         if self.router_z_loss < 0:

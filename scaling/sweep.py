@@ -70,6 +70,7 @@ def _sizes(budget: float, base: ModelConfig, num_sizes: int) -> list[ModelConfig
     """Distinct shapes of the family at N_opt * 4^t, t evenly spaced in [-1, 1], smallest first."""
     targets = optimal_size(budget, base) * SPAN ** np.linspace(-1, 1, num_sizes)
     shapes = {shape_for_params(min(max(t, MIN_PARAMS), MAX_PARAMS), base) for t in targets}
+    shapes = {s for s in shapes if s.arch != "switch" or s.n_layers >= s.moe_every}  # else no block has experts
     return sorted(shapes, key=lambda s: get_architecture(base.arch).counts(s).nonembed_params)
 
 
@@ -77,6 +78,8 @@ def _arch_runs(budget, base, num_sizes, train_base, batch_size, learning_rate) -
     """One architecture's runs: every size that gets at least one step of the sweep's batch."""
     counts = get_architecture(base.arch).counts
     shapes = _sizes(budget, base, num_sizes)
+    if not shapes:
+        return []
     batch = batch_size or _batch_size(int(budget / counts(shapes[-1]).flops_per_token), base.seq_len)
     runs = []
     for shape in shapes:

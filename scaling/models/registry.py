@@ -12,6 +12,9 @@ import optax
 from scaling import flops
 from scaling.config import ModelConfig, TrainConfig, UsageError
 from scaling.models.gpt import GPT
+from scaling.models.ngpt import NGPT, ngpt_counts, normalize_matrices
+from scaling.models.switch import Switch, switch_counts
+from scaling.models.tnl import TNL, tnl_counts
 from scaling.train import optimizers
 
 
@@ -28,6 +31,9 @@ class Architecture:
 
 ARCHITECTURES = {
     "gpt": Architecture("gpt", GPT, flops.gpt_counts),
+    "ngpt": Architecture("ngpt", NGPT, ngpt_counts, optimizers.ngpt, normalize_matrices),
+    "switch": Architecture("switch", Switch, switch_counts),
+    "tnl": Architecture("tnl", TNL, tnl_counts),
 }
 
 

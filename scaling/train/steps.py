@@ -23,9 +23,12 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arra
 
 
 def _named_means(collection) -> dict[str, jax.Array]:
-    """{'a/b/name': mean over layers} for every value sown into a collection."""
-    flat = jax.tree_util.tree_flatten_with_path(collection)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): jnp.mean(v) for path, v in flat}
+    """{name: mean over every layer that sowed `name`}, scanned (stacked) or unrolled alike."""
+    values = {}
+    for path, value in jax.tree_util.tree_flatten_with_path(collection)[0]:
+        name = [k.key for k in path if hasattr(k, "key")][-1]
+        values.setdefault(name, []).append(jnp.ravel(value))
+    return {name: jnp.mean(jnp.concatenate(parts)) for name, parts in values.items()}
 
 
 def make_train_step(model, tx: optax.GradientTransformation, seed: int, post_step: Callable | None = None):

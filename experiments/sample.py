@@ -1,0 +1,68 @@
+"""Continue a prompt with a trained model: python -m experiments.sample --workdir runs/one --prompt 'def '.
+
+Restores the latest checkpoint of the run in --workdir and prints the prompt followed by the sampled
+continuation (byte-level tokens, decoded as UTF-8). Nothing is written.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+from absl import flags
+
+from experiments import cli
+from scaling import sharding
+from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
+from scaling.models.registry import get_architecture
+from scaling.sample import sample
+from scaling.train import checkpoints
+from scaling.train.state import abstract_state
+
+flags.DEFINE_string("workdir", None, "Run directory (holding config.json and checkpoints/).")
+flags.DEFINE_string("prompt", "def ", "Text to continue.")
+flags.DEFINE_integer("num_tokens", 256, "Tokens to generate.")
+flags.DEFINE_integer("num_samples", 1, "Continuations sampled as one batch.")
+flags.DEFINE_float("temperature", 0.8, "Softmax temperature (0: greedy).")
+flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+FLAGS = flags.FLAGS
+
+
+def load_params(run_dir: str):
+    """(model config, parameters) of the latest checkpoint of a run directory."""
+    config_path = os.path.join(run_dir or "", "config.json")
+    if not run_dir or not os.path.exists(config_path) or not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        raise UsageError("--workdir", f"{run_dir!r} holds no trained run (config.json and checkpoints/)")
+    with open(config_path) as f:
+        config = json.load(f)
+    model_cfg, train_cfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
+    arch = get_architecture(model_cfg.arch)
+    model = arch.model(model_cfg)
+    tx, _ = arch.optimizer(train_cfg, train_cfg.steps(model_cfg.seq_len))
+    mesh = sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    abstract, _ = abstract_state(model, tx, model_cfg, train_cfg.seed, mesh)
+    mngr = checkpoints.manager(run_dir, train_cfg.keep_checkpoints, train_cfg.checkpoint_every)
+    state = checkpoints.restore_latest(mngr, abstract)
+    if state is None:
+        raise UsageError("--workdir", f"{run_dir} has no checkpoint yet; train it first")
+    return model_cfg, state.params
+
+
+def main(argv) -> None:
+    del argv
+    if FLAGS.num_tokens < 1 or FLAGS.num_samples < 1 or FLAGS.temperature < 0 or FLAGS.top_k < 0:
+        raise UsageError("--num_tokens", "--num_tokens, --num_samples must be >= 1; --temperature, --top_k >= 0")
+    model_cfg, params = load_params(FLAGS.workdir)
+    prompt = list(FLAGS.prompt.encode())
+    if not prompt:
+        raise UsageError("--prompt", "give at least one character to continue")
+    batch = np.tile(np.asarray(prompt, np.int32), (FLAGS.num_samples, 1))
+    tokens = sample(model_cfg, params, batch, FLAGS.num_tokens, temperature=FLAGS.temperature,
+                    top_k=FLAGS.top_k, seed=FLAGS.seed)
+    for row in np.asarray(tokens):
+        print(FLAGS.prompt + bytes(row.astype(np.uint8).tolist()).decode("utf-8", errors="replace"))
+        print("-" * 40)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,156 @@
+"""Speedup versus steps: python -m experiments.speedup --baseline gpt --variant ngpt --tokens N --workdir DIR.
+
+Trains the baseline and the variant on the same data, token budget, mesh and eval batches, with
+frequent evals; with --lr_sweep (the default) each side trains once per learning rate of the same
+grid and the best of each (lowest final eval loss) is compared. Writes <workdir>/curves.json (both
+curves, speedup vs steps and vs wall time = steps x the step time measured side by side, the sweep) and speedup.png.
+Every run lives in <workdir>/runs/<arch>-lr<lr>/; re-running the same command resumes.
+The model is given as for experiments.train (--size or --d_model ...); --arch is not used.
+"""
+import json
+import math
+import os
+import statistics
+
+import jax
+from absl import flags
+
+from experiments import cli
+from scaling import analysis, benchmark, sharding
+from scaling.config import UsageError
+from scaling.models.registry import ARCHITECTURES
+from scaling.train.loop import train
+
+flags.DEFINE_string("baseline", "gpt", "Architecture of the control.")
+flags.DEFINE_string("variant", "ngpt", "Architecture compared against the baseline.")
+flags.DEFINE_bool("lr_sweep", True, "Sweep --sweep_lrs for both sides and compare the best of each "
+                                    "(--nolr_sweep: both use --learning_rate).")
+flags.DEFINE_string("sweep_lrs", "1e-3,3e-3,1e-2,3e-2", "Comma-separated peak learning rates, the same for both sides.")
+flags.DEFINE_float("smooth", 0.2, "EMA weight smoothing both eval-loss curves before matching (then running min).")
+flags.DEFINE_integer("timing_rounds", 3, "Alternating timing rounds of the two train steps (median of each).")
+cli.define_model_flags()
+cli.define_train_flags()
+cli.define_common_flags()
+FLAGS = flags.FLAGS
+MIN_EVALS = 5
+EVALS_PER_RUN = 25
+
+
+def arch_names() -> tuple[str, str]:
+    """(baseline, variant), both registered and different."""
+    for flag in ("baseline", "variant"):
+        if FLAGS[flag].value not in ARCHITECTURES:
+            raise UsageError(f"--{flag}", f"unknown architecture {FLAGS[flag].value!r}; "
+                                          f"choose from {', '.join(ARCHITECTURES)}")
+    if FLAGS.baseline == FLAGS.variant:
+        raise UsageError("--variant", f"equals --baseline={FLAGS.baseline}; compare two different architectures")
+    return FLAGS.baseline, FLAGS.variant
+
+
+def learning_rates() -> list[float]:
+    """The sweep grid (sorted, distinct), or [--learning_rate] with --nolr_sweep."""
+    if not FLAGS.lr_sweep:
+        return [FLAGS.learning_rate]
+    try:
+        lrs = sorted({float(x) for x in FLAGS.sweep_lrs.split(",") if x.strip()})
+    except ValueError:
+        lrs = []
+    if not lrs or not all(math.isfinite(lr) and lr > 0 for lr in lrs):
+        raise UsageError("--sweep_lrs", f"{FLAGS.sweep_lrs!r} must be a non-empty list of positive numbers, "
+                                        "e.g. 1e-3,3e-3,1e-2")
+    return lrs
+
+
+def plan_runs(names, lrs, mesh_cfg) -> dict[str, list[tuple]]:
+    """{arch: [(model_cfg, train_cfg)] per learning rate}, every config validated before anything runs."""
+    probe = cli.model_config(names[0])
+    steps = cli.train_config().validate(probe.seq_len).steps(probe.seq_len)
+    eval_every = FLAGS.eval_every or max(1, steps // EVALS_PER_RUN)
+    if steps // eval_every < MIN_EVALS:
+        raise UsageError("--tokens", f"{steps} steps give {steps // eval_every} evals at --eval_every={eval_every}; "
+                                     f"raise --tokens or lower --eval_every to get at least {MIN_EVALS}")
+    mesh = sharding.make_mesh(mesh_cfg)
+    runs = {}
+    for name in names:
+        model_cfg = cli.model_config(name)
+        sharding.check_fits(mesh, model_cfg, FLAGS.batch_size)
+        runs[name] = [(model_cfg, cli.train_config(learning_rate=lr, eval_every=eval_every).validate(model_cfg.seq_len))
+                      for lr in lrs]
+    return runs
+
+
+def run_side(runs, workdir, mesh_cfg) -> dict:
+    """Trains (or resumes) every learning rate of one side; returns the best run and the sweep.
+
+    "best_at_grid_edge" flags a best learning rate at either end of a sweep: widen the grid.
+    """
+    sweep, best = {}, None
+    for model_cfg, train_cfg in runs:
+        run_dir = os.path.join(workdir, "runs", f"{model_cfg.arch}-lr{train_cfg.learning_rate:g}")
+        summary = train(model_cfg, train_cfg, mesh_cfg, run_dir)
+        loss = summary["final_eval_loss"]
+        loss = loss if loss is not None and math.isfinite(loss) else math.inf
+        sweep[f"{train_cfg.learning_rate:g}"] = loss
+        if best is None or loss < best["final_eval_loss"]:
+            best = {"arch": model_cfg.arch, "learning_rate": train_cfg.learning_rate, "run_dir": run_dir,
+                    "final_eval_loss": loss, "params": summary["params"], "wall_s": summary["wall_s"],
+                    "model": model_cfg}
+    lrs = [train_cfg.learning_rate for _, train_cfg in runs]
+    edge = len(lrs) > 1 and best["learning_rate"] in (min(lrs), max(lrs))
+    return {**best, "sweep": sweep, "best_at_grid_edge": edge}
+
+
+def step_times(model_cfgs, mesh_cfg) -> list[float]:
+    """Median train-step seconds of each model, timed in alternating rounds in this one process."""
+    times = [[] for _ in model_cfgs]
+    for _ in range(FLAGS.timing_rounds):
+        for i, cfg in enumerate(model_cfgs):
+            times[i].append(benchmark.time_train_step(cfg, FLAGS.batch_size, mesh_cfg, steps=5)["step_s"])
+    return [statistics.median(t) for t in times]
+
+
+def report(base, var, mesh_cfg) -> dict:
+    """The curves.json content: setup, both sides, step times, and the speedup curves with summaries.
+
+    Wall time is steps x the step time measured side by side here (steady state: no compilation,
+    no evals, and the same machine load for both), not the runs' own clocks, which other jobs disturb.
+    """
+    (bx, by), (vx, vy) = (analysis.eval_curve(analysis.load_metrics(side["run_dir"])) for side in (base, var))
+    base_s, var_s = step_times([base.pop("model"), var.pop("model")], mesh_cfg)
+    curves = {"steps": analysis.speedup_curve(bx, by, vx, vy, smooth=FLAGS.smooth),
+              "wall": analysis.speedup_curve(bx * base_s, by, vx * var_s, vy, smooth=FLAGS.smooth)}
+    train_cfg = cli.train_config()
+    seq_len = FLAGS.seq_len
+    steps = train_cfg.steps(seq_len)
+    return {
+        "setup": {"tokens": train_cfg.tokens, "batch_size": train_cfg.batch_size, "seq_len": seq_len, "steps": steps,
+                  "eval_every": FLAGS.eval_every or max(1, steps // EVALS_PER_RUN), "eval_batches": FLAGS.eval_batches,
+                  "data": FLAGS.data, "mesh": FLAGS.mesh, "smooth": FLAGS.smooth, "devices": jax.device_count()},
+        "baseline": base,
+        "variant": var,
+        "per_step_time": {"baseline_s": base_s, "variant_s": var_s, "overhead": var_s / base_s - 1.0},
+        **curves,
+        "summary": {key: analysis.summarize_speedup(curves[key]) for key in ("steps", "wall")},
+    }
+
+
+def main(argv) -> None:
+    del argv
+    names = arch_names()
+    lrs = learning_rates()
+    mesh_cfg = cli.mesh_config()
+    runs = plan_runs(names, lrs, mesh_cfg)
+    probe = runs[names[0]][0][0]
+    workdir = FLAGS.workdir or f"runs/speedup-{names[0]}-{names[1]}-T{probe.seq_len}"
+    base, var = (run_side(runs[name], workdir, mesh_cfg) for name in names)
+    result = report(base, var, mesh_cfg)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "curves.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        analysis.plot_speedup_report(result, os.path.join(workdir, "speedup.png"))
+        print(analysis.format_speedup_report(result))
+        print(f"wrote {workdir}/curves.json and speedup.png")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,84 @@
+"""Batched autoregressive sampling, shared by every architecture.
+
+A model decodes incrementally when applied with its 'cache' collection mutable: softmax attention
+keeps a KV cache of seq_len slots (scaling.nn.attention.cached_attention), TNL keeps the recurrent
+state KV_t = lambda KV_{t-1} + k_t^T v_t per layer (scaling.nn.linear_attention.recurrent), whose size
+does not depend on the number of tokens generated. Decoding unrolls the layers (scanned parameters
+are unstacked) so each block owns its cache.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from scaling.config import ModelConfig
+from scaling.models.registry import get_architecture
+
+
+def unroll_layers(params):
+    """Parameters of a scanned stack ('layers' with a leading layer axis) as layer_<i> entries, numbered
+    after any unscanned layer_<j> already beside them (the layout of scan_layers=False)."""
+    if not isinstance(params, dict):
+        return params
+    out = {key: unroll_layers(value) for key, value in params.items() if key != "layers"}
+    if "layers" in params:
+        offset = sum(key.startswith("layer_") for key in params)
+        count = jax.tree.leaves(params["layers"])[0].shape[0]
+        for i in range(count):
+            out[f"layer_{offset + i}"] = unroll_layers(jax.tree.map(lambda x, i=i: x[i], params["layers"]))
+    return out
+
+
+class Decoder:
+    """Feeds tokens [batch, n] at the next positions and returns their logits [batch, n, vocab].
+
+    `capacity` bounds the total tokens fed (the KV cache size for softmax attention)."""
+
+    def __init__(self, cfg: ModelConfig, params, capacity: int):
+        cfg = dataclasses.replace(cfg, seq_len=capacity, scan_layers=False, remat="none")
+        self.model = get_architecture(cfg.arch).model(cfg)
+        self.params = unroll_layers(params)
+        self.capacity = capacity
+        self.cache = {}
+        self.position = 0
+        self._step = jax.jit(self._apply)
+
+    def _apply(self, params, cache, tokens, start):
+        variables = {"params": params, **({"cache": cache} if cache else {})}
+        positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
+        logits, updated = self.model.apply(variables, tokens, positions, mutable=["cache"])
+        return logits, updated["cache"]
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        if self.position + tokens.shape[1] > self.capacity:
+            raise ValueError(f"decoding past the capacity of {self.capacity} tokens")
+        logits, self.cache = self._step(self.params, self.cache, jnp.asarray(tokens, jnp.int32), self.position)
+        self.position += tokens.shape[1]
+        return logits
+
+
+def choose(logits: jax.Array, key: jax.Array, temperature: float, top_k: int) -> jax.Array:
+    """Next tokens [batch] from last-position logits [batch, vocab]: greedy at temperature 0, else a
+    draw from softmax(logits / temperature) restricted to the top_k largest (0: all)."""
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1)
+    logits = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1)
+
+
+def sample(cfg: ModelConfig, params, prompt, num_tokens: int, *, temperature=1.0, top_k=0, seed=0) -> jax.Array:
+    """Continues every row of `prompt` [batch, length] by `num_tokens` tokens: [batch, num_tokens]."""
+    decoder = Decoder(cfg, params, prompt.shape[1] + num_tokens)
+    logits = decoder(prompt)[:, -1]
+    key = jax.random.key(seed)
+    generated = []
+    for _ in range(num_tokens):
+        key, draw = jax.random.split(key)
+        token = choose(logits, draw, temperature, top_k)
+        generated.append(token)
+        if len(generated) < num_tokens:
+            logits = decoder(token[:, None])[:, -1]
+    return jnp.stack(generated, axis=1)

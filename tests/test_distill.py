@@ -1,0 +1,66 @@
+"""A switch run through the real loop (named MoE metrics, active params), and its distillation into a gpt."""
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from experiments.distill import distill, student_params, switch_layers
+from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
+from scaling.models.registry import get_architecture
+from scaling.train.loop import train
+
+SWITCH = ModelConfig(
+    arch="switch", d_model=32, n_layers=3, n_heads=2, d_ff=64, seq_len=32, num_experts=4, group_size=32
+)
+TRAIN = TrainConfig(tokens=6 * 8 * 32, batch_size=8, learning_rate=1e-2, data="synthetic", eval_batches=1, log_every=2)
+MESH = MeshConfig(data=2, expert=4)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    teacher = train(SWITCH, TRAIN, MESH, str(root / "switch"))
+    baseline = train(dataclasses.replace(SWITCH, arch="gpt"), TRAIN, MESH, str(root / "gpt"))
+    return root, teacher, baseline
+
+
+def test_switch_run_logs_moe_metrics_and_counts(runs):
+    root, teacher, _ = runs
+    with open(root / "switch" / "metrics.jsonl") as f:
+        record = json.loads(f.readline())
+    expected = {"loss", "balance_loss", "dropped_frac", "router_entropy"} | {f"expert_load/{i}" for i in range(4)}
+    assert expected <= set(record)
+    assert sum(record[f"expert_load/{i}"] for i in range(4)) == pytest.approx(1.0)
+    assert teacher["params"] > teacher["active_params"] == get_architecture("switch").counts(SWITCH).active_params
+
+
+def test_student_starts_from_the_non_expert_weights():
+    teacher_cfg = dataclasses.replace(SWITCH, scan_layers=False)
+    tokens = np.zeros((1, SWITCH.seq_len), np.int32)
+    student_cfg = dataclasses.replace(teacher_cfg, arch="gpt")
+    teacher = nn.unbox(jax.jit(get_architecture("switch").model(teacher_cfg).init)(jax.random.key(0), tokens))
+    student = nn.unbox(jax.jit(get_architecture("gpt").model(student_cfg).init)(jax.random.key(1), tokens))
+    teacher, student = teacher["params"], student["params"]
+    merged = student_params(student, teacher, teacher_cfg)
+    layers = switch_layers(teacher["blocks"], teacher_cfg)
+    block = lambda params, l: params["blocks"][f"layer_{l}"]["block"]
+    np.testing.assert_array_equal(block(merged, 1)["attn"]["qkv"]["kernel"], layers[1]["attn"]["qkv"]["kernel"])
+    np.testing.assert_array_equal(block(merged, 0)["mlp"]["down"]["kernel"], layers[0]["mlp"]["down"]["kernel"])
+    np.testing.assert_array_equal(block(merged, 1)["mlp"]["down"]["kernel"], block(student, 1)["mlp"]["down"]["kernel"])
+    np.testing.assert_array_equal(merged["embed"]["embedding"], teacher["embed"]["embedding"])
+
+
+def test_distillation_reports_the_kept_fraction(runs):
+    root, teacher, baseline = runs
+    summary = distill(str(root / "switch"), str(root / "gpt"), str(root / "student"), MESH)
+    assert summary["teacher_eval_loss"] == pytest.approx(teacher["final_eval_loss"], rel=1e-4)
+    assert summary["baseline_eval_loss"] == pytest.approx(baseline["final_eval_loss"], rel=1e-4)
+    gain = summary["baseline_eval_loss"] - summary["teacher_eval_loss"]
+    assert summary["kept"] == pytest.approx((summary["baseline_eval_loss"] - summary["student_eval_loss"]) / gain)
+    assert os.path.exists(root / "student" / "summary.json")
+    with pytest.raises(UsageError, match="--baseline"):
+        distill(str(root / "switch"), str(root / "switch"), str(root / "other"), MESH)

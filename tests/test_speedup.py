@@ -1,0 +1,82 @@
+"""experiments.speedup end to end on a tiny model, its bad-input handling, and the report helpers."""
+import json
+import os
+
+import numpy as np
+import pytest
+from test_cli import assert_usage_error, run
+
+from scaling import analysis
+
+TINY = ["--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "32", "--batch_size", "8",
+        "--data", "synthetic", "--tokens", str(30 * 8 * 32), "--eval_every", "5", "--timing_rounds", "1"]
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--baseline", "gpt", "--variant", "gpt"], "--variant"),
+        (["--variant", "nosuch"], "--variant"),
+        (["--baseline", "nosuch"], "--baseline"),
+        (["--eval_every", "10"], "--tokens"),
+        (["--sweep_lrs", ""], "--sweep_lrs"),
+        (["--sweep_lrs", "1e-3,-1e-2"], "--sweep_lrs"),
+    ],
+    ids=["same", "unknown-variant", "unknown-baseline", "too-few-evals", "empty-sweep", "negative-lr"],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, flag):
+    workdir = tmp_path / "speedup"
+    assert_usage_error(run("experiments.speedup", *TINY, *args, "--workdir", str(workdir)), flag)
+    assert not workdir.exists()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished two-point LR sweep per side, run twice (the second time resumes from finished runs)."""
+    workdir = tmp_path_factory.mktemp("speedup")
+    args = [*TINY, "--sweep_lrs", "3e-3,1e-2", "--workdir", str(workdir)]
+    first = run("experiments.speedup", *args)
+    assert first.returncode == 0, first.stderr
+    metrics = sorted(workdir.glob("runs/*/metrics.jsonl"))
+    stamps = [os.stat(p).st_mtime_ns for p in metrics]
+    second = run("experiments.speedup", *args)
+    assert second.returncode == 0, second.stderr
+    return workdir, metrics, stamps
+
+
+def test_writes_curves_and_plot_and_resumes_without_retraining(finished):
+    workdir, metrics, stamps = finished
+    assert [p.parent.name for p in metrics] == ["gpt-lr0.003", "gpt-lr0.01", "ngpt-lr0.003", "ngpt-lr0.01"]
+    assert [os.stat(p).st_mtime_ns for p in metrics] == stamps
+    assert (workdir / "speedup.png").stat().st_size > 10_000
+    report = json.loads((workdir / "curves.json").read_text())
+    for side in ("baseline", "variant"):
+        sweep = report[side]["sweep"]
+        assert set(sweep) == {"0.003", "0.01"}
+        assert report[side]["final_eval_loss"] == min(sweep.values())
+    assert report["setup"]["steps"] == 30 and len(report["steps"]["steps"]) == 6
+    assert report["per_step_time"]["baseline_s"] > 0 and report["per_step_time"]["variant_s"] > 0
+
+
+def test_speedup_points_follow_the_definition(finished):
+    report = json.loads((finished[0] / "curves.json").read_text())
+    curve = report["steps"]
+    base = curve["baseline"]
+    for s, target, match, speedup in zip(curve["steps"], curve["variant"]["smoothed"],
+                                         curve["baseline_steps_to_match"], curve["speedup"]):
+        if speedup is None:  # undefined: the baseline never reached the variant's loss in its run
+            assert match is None or s == 0
+            assert target < min(base["smoothed"]) or target > base["smoothed"][0]
+        else:
+            assert speedup == pytest.approx(match / s)
+            assert np.interp(match, base["steps"], base["smoothed"]) == pytest.approx(target, abs=1e-6)
+
+
+def test_summary_of_a_constant_speedup():
+    steps = np.arange(10, 1001, 10.0)
+    loss = lambda s: 2.0 + 3.0 / np.sqrt(s)
+    curve = analysis.speedup_curve(steps, loss(steps), steps, loss(3 * steps))
+    summary = analysis.summarize_speedup(curve)
+    assert summary["median_second_half"] is None and summary["defined_fraction"] == pytest.approx(0.33, abs=0.01)
+    assert summary["max"] == pytest.approx(3.0, rel=1e-3)
+    assert summary["last_defined_at"] == pytest.approx(330.0)

@@ -1,0 +1,93 @@
+"""TransNormerLLM: decays per REFERENCE.md section 5, scan == unroll, sharded == unsharded, FLOP count."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from test_flops import compiled_step_flops
+from test_sharding import train_on_mesh
+
+from scaling import sharding
+from scaling.config import MeshConfig, ModelConfig
+from scaling.models.registry import get_architecture
+from scaling.models.tnl import TNL, alibi_slopes, layer_decays
+from scaling.sample import unroll_layers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tnl_model() -> ModelConfig:
+    return ModelConfig(arch="tnl", vocab_size=256, d_model=64, n_layers=3, n_heads=4, d_ff=128, seq_len=32,
+                       chunk_size=8, lrpe=True)
+
+
+def test_alibi_slopes_and_layer_decays():
+    assert alibi_slopes(8) == [2.0 ** -(h + 1) for h in range(8)]
+    # Non-power-of-two heads: the 4-head slopes, then every other 8-head slope.
+    assert alibi_slopes(6) == [2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3]
+    decays = layer_decays(6, 4)
+    np.testing.assert_allclose(decays[0], np.exp(-np.array(alibi_slopes(6)) * (1 + 1e-5)), rtol=1e-6)
+    assert decays.dtype == np.float32 and np.all(decays[-1] < 1) and np.all(decays[-1] > 1 - 1e-5)
+    assert np.all(np.diff(decays, axis=0) > 0)  # deeper layers decay slower
+    assert layer_decays(2, 1).shape == (1, 2)
+
+
+def test_scanned_and_unrolled_stacks_compute_the_same_function(tnl_model):
+    tokens = jax.random.randint(jax.random.key(0), (2, tnl_model.seq_len), 0, 256)
+    params = nn.unbox(TNL(tnl_model).init(jax.random.key(1), tokens)["params"])
+    assert params["blocks"]["layer_0"]["attn"]["lrpe"]["theta"].shape == (4, 16)
+    assert "lrpe" not in params["blocks"]["layers"]["attn"]
+    unrolled_cfg = dataclasses.replace(tnl_model, scan_layers=False)
+    np.testing.assert_allclose(
+        TNL(tnl_model).apply({"params": params}, tokens),
+        TNL(unrolled_cfg).apply({"params": unroll_layers(params)}, tokens), rtol=1e-5, atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("mesh", [(2, 4, 1)])
+def test_sharded_training_equals_single_device(tnl_model, mesh):
+    expected, _ = train_on_mesh(tnl_model, MeshConfig(data=1), jax.devices()[:1])
+    losses, state = train_on_mesh(tnl_model, MeshConfig(*mesh))
+    np.testing.assert_allclose(losses, expected, rtol=1e-4)
+    assert losses[-1] < losses[0]
+    qkvu = state.params["blocks"]["layers"]["attn"]["qkvu"]["kernel"]
+    layers, d, _, heads, d_head = qkvu.shape
+    assert sharding.shard_shapes(qkvu) == {(layers, d, 4, heads // mesh[1], d_head)}
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [dict(d_model=256, n_heads=4, d_ff=704, seq_len=256, chunk_size=64),
+     dict(d_model=128, n_heads=2, d_ff=384, seq_len=100, chunk_size=32, lrpe=True)],
+    ids=["chunks", "ragged-lrpe"],
+)
+def test_analytic_flops_match_compiled_cost_analysis(shape):
+    # Unrolled layers: XLA counts a scanned body once. The chunk scans (forward state recurrence and
+    # the backward dKV recurrence) hold no matmuls, only an elementwise multiply-add per chunk (not
+    # counted by the convention), so every counted FLOP is outside a loop and XLA sees all of them.
+    cfg = ModelConfig(arch="tnl", vocab_size=256, n_layers=2, scan_layers=False, **shape)
+    analytic = get_architecture("tnl").counts(cfg).flops_per_token * 4 * cfg.seq_len
+    assert compiled_step_flops(cfg, 4) == pytest.approx(analytic, rel=0.10)
+
+
+def test_flops_are_linear_in_sequence_length(tnl_model):
+    per_token = [get_architecture("tnl").counts(dataclasses.replace(tnl_model, seq_len=t)).flops_per_token
+                 for t in (1024, 16384)]
+    assert per_token[0] == per_token[1]
+
+
+@pytest.mark.parametrize("args, flag", [(["--chunk_size", "48"], "--chunk_size"), (["--chunk_size", "0"], "--chunk_size"),
+                                        (["--d_model", "66", "--n_heads", "2", "--lrpe"], "--n_heads")])
+def test_bad_tnl_flags_are_one_line_and_exit_2(tmp_path, args, flag):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    workdir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "experiments.train", "--arch", "tnl", *args, "--workdir", str(workdir)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and flag in lines[0], result.stderr
+    assert not workdir.exists()
