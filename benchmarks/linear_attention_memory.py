@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--chunk_size", type=int, default=64)
     parser.add_argument("--skip_parallel_above", type=int, default=8192, help="The T x T form gets too big.")
     args = parser.parse_args()
-    print(f"| T | " + " | ".join(f"{name}: saved per layer / peak of {args.layers} layers (MiB)" for name in FORMS) + " |")
+    print("| T | " + " | ".join(f"{name}: saved per layer / peak of {args.layers} layers (MiB)" for name in FORMS) + " |")
     print("|---" * (len(FORMS) + 1) + "|")
     for length in map(int, args.lengths.split(",")):
         cells = []

@@ -1,46 +1,94 @@
 """Step-time overhead of Switch over GPT at the same active shape: python -m benchmarks.moe_overhead.
 
-For each number of experts (and group size), times the real train step of `switch` and of `gpt` of the
-same d_model / n_layers / d_ff in one process (gpt first and last, to show drift) and prints the
-ratio. The MoE work per token that grows with E (router 2dE) is small; dispatch and combine cost
-~capacity_factor x group_size x d per token whatever E, so the ratio should not grow with E.
+For each batch size, times the real train step of `gpt` and of `switch` with each number of experts
+(same d_model / n_layers / d_ff, so the same active parameters) side by side in one process, and prints
+each Switch step time over the GPT one. The routing work per token does not depend on E (router 2dE is
+small; dispatch and combine cost ~capacity_factor x group_size x d per token whatever E); the work per
+step on all parameters (weight-gradient writes, clipping, AdamW) grows with E. A second table times
+the two per-step costs that grow with E, each alone: one Switch layer's up/gate weight-gradient
+matmul (the same FLOPs, tokens x d x 2 d_ff, spread over E experts: what grows is writing E x d x
+2 d_ff gradient entries from fewer rows each) and the optimizer update (clipping + AdamW) of the
+whole model's parameters.
 """
 import argparse
 import dataclasses
 import json
+import statistics
+import time
 
-from scaling.benchmark import time_train_step
-from scaling.config import MeshConfig, ModelConfig
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import optax
+
+from scaling.benchmark import time_train_steps
+from scaling.config import MeshConfig, ModelConfig, TrainConfig
+from scaling.models.registry import get_architecture
+
+
+def median_ms(fn, *args, repeats: int = 9) -> float:
+    """Median wall time of the jitted `fn(*args)` after one untimed call."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def weight_gradient_ms(num_experts: int, tokens: int, d_model: int, d_ff: int) -> float:
+    """One Switch layer's up/gate weight gradient: E matmuls [d, n] x [n, 2 d_ff], n = tokens / E."""
+    n = tokens // num_experts
+    inputs = jax.random.normal(jax.random.key(0), (num_experts, n, d_model))
+    grads = jax.random.normal(jax.random.key(1), (num_experts, n, 2 * d_ff))
+    return median_ms(jax.jit(lambda x, g: jnp.einsum("end,enf->edf", x, g)), inputs, grads)
+
+
+def optimizer_ms(cfg: ModelConfig) -> float:
+    """The architecture's optimizer update (clipping + AdamW) of all of `cfg`'s parameters."""
+    arch = get_architecture(cfg.arch)
+    tx, _ = arch.optimizer(TrainConfig(), 1000)
+    shapes = jax.eval_shape(arch.model(cfg).init, jax.random.key(0), jnp.zeros((1, cfg.seq_len), jnp.int32))
+    params = jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), nn.unbox(shapes["params"]))
+    update = jax.jit(lambda g, state, p: optax.apply_updates(p, tx.update(g, state, p)[0]))
+    return median_ms(update, params, tx.init(params), params)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", default="8,32")
-    parser.add_argument("--group_sizes", default="256,1024")
+    parser.add_argument("--batch_sizes", default="8,32")
+    parser.add_argument("--group_size", type=int, default=256)
     parser.add_argument("--capacity_factor", type=float, default=1.25)
     parser.add_argument("--d_model", type=int, default=256)
     parser.add_argument("--n_layers", type=int, default=4)
     parser.add_argument("--n_heads", type=int, default=4)
     parser.add_argument("--d_ff", type=int, default=704)
     parser.add_argument("--seq_len", type=int, default=256)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=7)
     args = parser.parse_args()
-    base = ModelConfig(vocab_size=256, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
-                       d_ff=args.d_ff, seq_len=args.seq_len, capacity_factor=args.capacity_factor)
-    mesh = MeshConfig(data=1)
-    timed = lambda cfg: time_train_step(cfg, args.batch_size, mesh, steps=args.steps)["step_s"]
-    gpt = [timed(base)]
-    rows = []
-    for experts in map(int, args.experts.split(",")):
-        for group in map(int, args.group_sizes.split(",")):
-            cfg = dataclasses.replace(base, arch="switch", num_experts=experts, group_size=group)
-            rows.append({"num_experts": experts, "group_size": group, "switch_step_s": timed(cfg)})
-    gpt.append(timed(base))
-    gpt_s = sum(gpt) / len(gpt)
-    for row in rows:
-        ratio = row["switch_step_s"] / gpt_s
-        print(json.dumps({**row, "gpt_step_s": gpt_s, "gpt_drift": gpt[1] / gpt[0], "ratio": ratio}))
+    gpt = ModelConfig(vocab_size=256, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
+                      d_ff=args.d_ff, seq_len=args.seq_len)
+    switches = [dataclasses.replace(gpt, arch="switch", num_experts=int(e), group_size=args.group_size,
+                                    capacity_factor=args.capacity_factor) for e in args.experts.split(",")]
+    for batch_size in map(int, args.batch_sizes.split(",")):
+        gpt_time, *switch_times = time_train_steps([gpt, *switches], batch_size, MeshConfig(data=1), steps=args.steps)
+        for cfg, timed in zip(switches, switch_times):
+            counts = get_architecture("switch").counts(cfg)
+            print(json.dumps({
+                "num_experts": cfg.num_experts, "batch_size": batch_size, "tokens_per_batch": batch_size * cfg.seq_len,
+                "params": counts.params, "active_params": counts.active_params, "gpt_step_s": gpt_time["step_s"],
+                "switch_step_s": timed["step_s"], "ratio": timed["step_s"] / gpt_time["step_s"],
+            }), flush=True)
+        slots = int(batch_size * args.seq_len * args.capacity_factor)
+        for cfg in switches:
+            ms = weight_gradient_ms(cfg.num_experts, slots, args.d_model, args.d_ff)
+            print(json.dumps({"num_experts": cfg.num_experts, "expert_slots": slots, "weight_gradient_ms": ms}))
+    for cfg in [gpt, *switches]:
+        print(json.dumps({"arch": cfg.arch, "num_experts": cfg.num_experts if cfg.arch == "switch" else None,
+                          "optimizer_ms": optimizer_ms(cfg)}))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Prints tokens/s, model TFLOP/s per device, MFU (where the device's peak is known) and peak memory of
 the real jitted train step: the median of --steps timed steps after compilation and --warmup untimed
 ones; peak memory is XLA's memory analysis of the compiled step (temporaries + arguments).
-With several --arch values the rows are measured in one process, so their ratio is meaningful.
+With several --arch values the rows of a shape are timed side by side (alternating steps, one process)
+and `step_ratio` is each one's step time over the first arch's: `--arch gpt,switch` gives Switch's
+overhead over the GPT of the same active shape.
 `--seq_lens 256,1024,4096,16384 --tokens_per_batch 16384` measures every length at the same tokens
 per batch (batch = tokens_per_batch / seq_len) and `--plot FILE.png` draws tokens/s and memory vs length.
 """
@@ -16,7 +18,7 @@ from absl import flags
 
 from experiments import cli
 from scaling import sharding
-from scaling.benchmark import time_train_step
+from scaling.benchmark import time_train_steps
 from scaling.config import TrainConfig, UsageError
 from scaling.models.registry import get_architecture
 from scaling.train.state import abstract_state
@@ -35,7 +37,7 @@ flags.DEFINE_float("max_peak_mib", None, "Report but do not run shapes whose com
 FLAGS = flags.FLAGS
 
 COLUMNS = ("arch", "d_model", "n_layers", "n_heads", "seq_len", "batch_size", "dtype", "tokens_per_s",
-           "tflops_per_device", "mfu", "step_ms", "peak_mib")
+           "tflops_per_device", "mfu", "step_ms", "step_ratio", "peak_mib")
 
 
 def peak_memory_mib(model_cfg, batch_size: int) -> float:
@@ -53,16 +55,26 @@ def peak_memory_mib(model_cfg, batch_size: int) -> float:
     return (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20
 
 
-def measure(arch: str, seq_len: int, batch_size: int) -> dict:
-    """One row; a shape over --max_peak_mib keeps its memory figure and gets None for the timings."""
-    model_cfg = dataclasses.replace(cli.model_config(arch), seq_len=seq_len).validate()
-    peak = peak_memory_mib(model_cfg, batch_size)
-    if FLAGS.max_peak_mib is not None and peak > FLAGS.max_peak_mib:
-        result = dict.fromkeys(("step_s", "compile_s", "tokens_per_s", "tflops_per_device", "mfu"))
-    else:
-        result = time_train_step(model_cfg, batch_size, cli.mesh_config(), steps=FLAGS.steps, warmup=FLAGS.warmup)
+def measure(archs: list[str], seq_len: int, batch_size: int) -> list[dict]:
+    """One row per arch at one shape, timed side by side; `step_ratio` is the step time over the first
+    arch's. A shape over --max_peak_mib keeps its memory figure and gets None for the timings."""
+    cfgs = [dataclasses.replace(cli.model_config(arch), seq_len=seq_len).validate() for arch in archs]
+    peaks = [peak_memory_mib(cfg, batch_size) for cfg in cfgs]
+    fits = [FLAGS.max_peak_mib is None or peak <= FLAGS.max_peak_mib for peak in peaks]
+    timed = iter(time_train_steps([c for c, ok in zip(cfgs, fits) if ok], batch_size, cli.mesh_config(),
+                                  steps=FLAGS.steps, warmup=FLAGS.warmup))
+    untimed = dict.fromkeys(("step_s", "compile_s", "tokens_per_s", "tflops_per_device", "mfu"))
+    rows = [_row(cfg, batch_size, peak, next(timed) if ok else untimed) for cfg, peak, ok in zip(cfgs, peaks, fits)]
+    first = rows[0]["step_s"]
+    for row in rows:
+        row["step_ratio"] = row["step_s"] / first if row["step_s"] and first else None
+    return rows
+
+
+def _row(model_cfg, batch_size: int, peak: float, result: dict) -> dict:
+    counts = get_architecture(model_cfg.arch).counts(model_cfg)
     return {
-        "arch": arch,
+        "arch": model_cfg.arch,
         "d_model": model_cfg.d_model,
         "n_layers": model_cfg.n_layers,
         "n_heads": model_cfg.n_heads,
@@ -71,7 +83,8 @@ def measure(arch: str, seq_len: int, batch_size: int) -> dict:
         "vocab_size": model_cfg.vocab_size,
         "batch_size": batch_size,
         "dtype": model_cfg.dtype,
-        "params": get_architecture(arch).counts(model_cfg).params,
+        "params": counts.params,
+        "active_params": counts.active_params,
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,
         "step_ms": result["step_s"] and 1000 * result["step_s"],
@@ -121,8 +134,7 @@ def main(argv) -> None:
         print("".join(f"{c:>18}" for c in COLUMNS))
     rows = []
     for seq_len, batch in shapes():
-        for arch in archs:
-            row = measure(arch, seq_len, batch)
+        for row in measure(archs, seq_len, batch):
             rows.append(row)
             if FLAGS.json:
                 print(json.dumps(row), flush=True)

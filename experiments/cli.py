@@ -25,6 +25,7 @@ def define_model_flags(default_seq_len: int = 256) -> None:
     flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "Rematerialisation policy per block.")
     flags.DEFINE_integer("num_experts", 8, "Experts per MoE layer (switch).")
     flags.DEFINE_float("capacity_factor", 1.25, "Expert capacity factor in training (switch).")
+    flags.DEFINE_float("eval_capacity_factor", 2.0, "Expert capacity factor in evaluation and sampling (switch).")
     flags.DEFINE_integer("moe_every", 2, "Every k-th block has an MoE FFN (switch; 1: every block).")
     flags.DEFINE_integer("group_size", 256, "Tokens per routing group (switch).")
     flags.DEFINE_float("router_z_loss", 0.0, "Router z-loss coefficient (switch; ST-MoE: 1e-3).")
@@ -68,6 +69,7 @@ def model_config(arch: str | None = None) -> ModelConfig:
         remat=FLAGS.remat,
         num_experts=FLAGS.num_experts,
         capacity_factor=FLAGS.capacity_factor,
+        eval_capacity_factor=FLAGS.eval_capacity_factor,
         moe_every=FLAGS.moe_every,
         group_size=FLAGS.group_size,
         router_z_loss=FLAGS.router_z_loss,

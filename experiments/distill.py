@@ -8,8 +8,8 @@ with loss 0.75 x cross-entropy on the labels + 0.25 x cross-entropy on the teach
 experiments.train (switch and gpt of the same shape and budget). The student, teacher and baseline
 are evaluated on the same held-out batches; `kept` = (L_baseline - L_student) / (L_baseline - L_teacher)
 is the fraction of the sparse model's gain the dense student keeps (the paper: ~30%).
-Writes <workdir>/metrics.jsonl and <workdir>/summary.json; a finished workdir is not trained again
-(an interrupted one starts over: there are no checkpoints).
+Writes <workdir>/metrics.jsonl, <workdir>/checkpoints (orbax) and <workdir>/summary.json; re-running
+resumes an interrupted student from its latest checkpoint, and a finished workdir is not trained again.
 """
 import dataclasses
 import json
@@ -18,7 +18,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import flags
 
@@ -106,8 +105,12 @@ def make_distill_step(student, teacher, tx):
     return step
 
 
-def distill(teacher_dir: str, baseline_dir: str, workdir: str, mesh_cfg: MeshConfig, log_every: int = 10) -> dict:
-    """Trains the dense student (see the module docstring) and returns the summary it writes."""
+def distill(
+    teacher_dir: str, baseline_dir: str, workdir: str, mesh_cfg: MeshConfig, log_every: int = 10,
+    stop_step: int | None = None,
+) -> dict | None:
+    """Trains the dense student (see the module docstring) and returns the summary it writes; with
+    `stop_step`, stops after that step with a checkpoint (as an interruption would) and returns None."""
     summary_path = os.path.join(workdir, "summary.json")
     if os.path.exists(summary_path):
         with open(summary_path) as f:
@@ -122,11 +125,15 @@ def distill(teacher_dir: str, baseline_dir: str, workdir: str, mesh_cfg: MeshCon
     steps = train_cfg.steps(student_cfg.seq_len)
     tx, schedule = gpt.optimizer(train_cfg, steps)
     student_model, teacher_model = gpt.model(student_cfg), switch.model(teacher_cfg)
-    _, shardings = abstract_state(student_model, tx, student_cfg, train_cfg.seed, mesh)
-    state = create_state(student_model, tx, student_cfg, train_cfg.seed, mesh)
-    # Copies: the student's state is donated to each step, the teacher's arrays are not.
-    params = jax.tree.map(jnp.copy, student_params(state.params, teacher, student_cfg))
-    state = state.replace(params=jax.device_put(params, shardings.params))
+    abstract, shardings = abstract_state(student_model, tx, student_cfg, train_cfg.seed, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    mngr = checkpoints.manager(workdir, train_cfg.keep_checkpoints, train_cfg.checkpoint_every)
+    state = checkpoints.restore_latest(mngr, abstract)
+    if state is None:
+        state = create_state(student_model, tx, student_cfg, train_cfg.seed, mesh)
+        # Copies: the student's state is donated to each step, the teacher's arrays are not.
+        params = jax.tree.map(jnp.copy, student_params(state.params, teacher, student_cfg))
+        state = state.replace(params=jax.device_put(params, shardings.params))
     teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher)
     step_fn = jax.jit(
         make_distill_step(student_model, teacher_model, tx),
@@ -138,14 +145,20 @@ def distill(teacher_dir: str, baseline_dir: str, workdir: str, mesh_cfg: MeshCon
         data.make_source(train_cfg.data, "train", student_cfg.seq_len), global_batch_size=train_cfg.batch_size,
         seed=train_cfg.seed, sharding=sharding.batch_sharding(mesh),
     )
-    os.makedirs(workdir, exist_ok=True)
     log, start = MetricsLog(os.path.join(workdir, "metrics.jsonl")), time.perf_counter()
+    first, stop = int(state.step), min(steps, stop_step or steps)
+    log.truncate_after(first)
     with sharding.activate(mesh):
-        for i in range(steps):
+        for i in range(first, stop):
             state, metrics = step_fn(state, teacher, loader(i))
             if (i + 1) % log_every == 0 or i + 1 == steps:
                 record = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 log.write({"step": i + 1, "lr": float(schedule(i)), "wall_s": time.perf_counter() - start, **record})
+            checkpoints.save(mngr, i + 1, state, force=i + 1 == stop)
+    mngr.wait_until_finished()
+    mngr.close()
+    if stop < steps:
+        return None
     losses = {
         name: Evaluator(model, cfg, train_cfg, mesh, jax.tree.map(lambda x: x.sharding, params))(params)
         for name, model, cfg, params in (

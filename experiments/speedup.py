@@ -10,7 +10,6 @@ The model is given as for experiments.train (--size or --d_model ...); --arch is
 import json
 import math
 import os
-import statistics
 
 import jax
 from absl import flags
@@ -27,7 +26,7 @@ flags.DEFINE_bool("lr_sweep", True, "Sweep --sweep_lrs for both sides and compar
                                     "(--nolr_sweep: both use --learning_rate).")
 flags.DEFINE_string("sweep_lrs", "1e-3,3e-3,1e-2,3e-2", "Comma-separated peak learning rates, the same for both sides.")
 flags.DEFINE_float("smooth", 0.2, "EMA weight smoothing both eval-loss curves before matching (then running min).")
-flags.DEFINE_integer("timing_rounds", 3, "Alternating timing rounds of the two train steps (median of each).")
+flags.DEFINE_integer("timing_rounds", 3, "Rounds of 5 timed steps per model, the models alternating (median of each).")
 cli.define_model_flags()
 cli.define_train_flags()
 cli.define_common_flags()
@@ -101,12 +100,9 @@ def run_side(runs, workdir, mesh_cfg) -> dict:
 
 
 def step_times(model_cfgs, mesh_cfg) -> list[float]:
-    """Median train-step seconds of each model, timed in alternating rounds in this one process."""
-    times = [[] for _ in model_cfgs]
-    for _ in range(FLAGS.timing_rounds):
-        for i, cfg in enumerate(model_cfgs):
-            times[i].append(benchmark.time_train_step(cfg, FLAGS.batch_size, mesh_cfg, steps=5)["step_s"])
-    return [statistics.median(t) for t in times]
+    """Median train-step seconds of each model, timed side by side (alternating steps) in this process."""
+    timed = benchmark.time_train_steps(model_cfgs, FLAGS.batch_size, mesh_cfg, steps=5 * FLAGS.timing_rounds)
+    return [t["step_s"] for t in timed]
 
 
 def report(base, var, mesh_cfg) -> dict:

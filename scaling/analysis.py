@@ -159,15 +159,19 @@ def fit_scaling_laws(fits) -> dict[str, dict]:
 
 def _draw_fit(ax, fit: dict, colour: str, stagger: int) -> None:
     """The fitted parabola over the sampled range, and the optimum as a star annotated with its size
-    (labels of different archs are staggered vertically by `stagger` lines)."""
+    (hollow and marked "extrapolated" outside the sampled range; labels of different archs are
+    staggered vertically by `stagger` lines)."""
     lo, hi = np.log10(fit["x_range"])
     t = np.linspace(lo, hi, 200)
     ax.plot(10**t, np.polyval(fit["coeffs"], t), color=colour, lw=1.5)
     if fit["has_minimum"]:
         n_opt, loss_min = fit["n_opt"], fit["loss_min"]
-        ax.plot(n_opt, loss_min, marker="*", ms=15, color=colour, mec="black", zorder=5)
-        ax.annotate(f"N*={n_opt:.3g}", (n_opt, loss_min), xytext=(0, -16 - 10 * stagger),
-                    textcoords="offset points", ha="center", fontsize=8, color=colour)
+        inside = fit["x_range"][0] <= n_opt <= fit["x_range"][1]
+        ax.plot(n_opt, loss_min, marker="*", ms=15, color=colour, zorder=5,
+                mec="black" if inside else colour, mfc=colour if inside else "none")
+        ax.annotate(f"N*={n_opt:.3g}" + ("" if inside else " (extrapolated)"), (n_opt, loss_min),
+                    xytext=(0, -16 - 10 * stagger), textcoords="offset points", ha="center", fontsize=8,
+                    color=colour)
 
 
 def plot_isoflop(results, fits, path, x_key: str = "params") -> Figure:
@@ -190,7 +194,7 @@ def plot_isoflop(results, fits, path, x_key: str = "params") -> Figure:
     ax.margins(y=0.15)
     ax.set_xlabel(x_key)
     ax.set_ylabel("final eval loss")
-    ax.set_title(f"isoFLOP curves: final eval loss vs {x_key} (star: fitted optimum)")
+    ax.set_title(f"isoFLOP curves: final eval loss vs {x_key} (star: fitted optimum; hollow: extrapolated)")
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
     return fig

@@ -49,6 +49,11 @@ class ModelConfig:
     def d_head(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def min_layers(self) -> int:
+        """Fewest blocks this architecture needs: a Switch model's first MoE FFN is in block moe_every."""
+        return self.moe_every if self.arch == "switch" else 1
+
     def validate(self) -> "ModelConfig":
         for flag in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len"):
             if getattr(self, flag) < 1:
@@ -56,18 +61,20 @@ class ModelConfig:
         if self.d_model % self.n_heads:
             raise UsageError("--n_heads", f"must divide --d_model={self.d_model}")
         if self.d_head % 2:
-            raise UsageError("--n_heads", "d_model / n_heads must be even for rotary embeddings")
+            raise UsageError("--n_heads", "d_model / n_heads must be even (RoPE and LRPE rotate channel pairs)")
         if self.dtype not in DTYPES:
             raise UsageError("--dtype", f"choose one of {', '.join(DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             raise UsageError("--remat", f"choose one of {', '.join(REMAT_POLICIES)}")
         if self.num_experts < 1:
             raise UsageError("--num_experts", "must be a positive integer")
-        if self.capacity_factor <= 0 or self.eval_capacity_factor <= 0:
+        if self.capacity_factor <= 0:
             raise UsageError("--capacity_factor", "must be positive (e.g. 1.25)")
+        if self.eval_capacity_factor <= 0:
+            raise UsageError("--eval_capacity_factor", "must be positive (e.g. 2.0)")
         if self.moe_every < 1:
             raise UsageError("--moe_every", "must be a positive integer (1: every block, 2: every other)")
-        if self.arch == "switch" and self.moe_every > self.n_layers:
+        if self.min_layers > self.n_layers:
             raise UsageError("--moe_every", f"must be <= --n_layers={self.n_layers}, or no block gets experts")
         if self.group_size < 1:
             raise UsageError("--group_size", "must be a positive integer")

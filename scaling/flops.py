@@ -25,6 +25,11 @@ class Counts:
     active_params: int
     flops_per_token: float
 
+    @property
+    def active_nonembed_params(self) -> int:
+        """Non-embedding parameters a single token uses."""
+        return self.nonembed_params - (self.params - self.active_params)
+
 
 def attention_flops_per_token(cfg: ModelConfig) -> float:
     """Forward FLOPs of q k^T and weights x v for one token over the full T x T square."""

@@ -15,17 +15,22 @@ from scaling.config import ModelConfig
 from scaling.models.registry import get_architecture
 
 
+# Scanned stacks' module names and the names their unrolled layers take (scan_layers=False).
+SCANNED = {"layers": "layer", "groups": "group"}
+
+
 def unroll_layers(params):
-    """Parameters of a scanned stack ('layers' with a leading layer axis) as layer_<i> entries, numbered
-    after any unscanned layer_<j> already beside them (the layout of scan_layers=False)."""
+    """Parameters of scanned stacks ('layers' or Switch's 'groups', with a leading layer axis) as
+    layer_<i> / group_<i> entries, numbered after any unscanned ones already beside them."""
     if not isinstance(params, dict):
         return params
-    out = {key: unroll_layers(value) for key, value in params.items() if key != "layers"}
-    if "layers" in params:
-        offset = sum(key.startswith("layer_") for key in params)
-        count = jax.tree.leaves(params["layers"])[0].shape[0]
-        for i in range(count):
-            out[f"layer_{offset + i}"] = unroll_layers(jax.tree.map(lambda x, i=i: x[i], params["layers"]))
+    out = {key: unroll_layers(value) for key, value in params.items() if key not in SCANNED}
+    for scanned, prefix in SCANNED.items():
+        if scanned in params:
+            offset = sum(key.startswith(f"{prefix}_") for key in params)
+            count = jax.tree.leaves(params[scanned])[0].shape[0]
+            for i in range(count):
+                out[f"{prefix}_{offset + i}"] = unroll_layers(jax.tree.map(lambda x, i=i: x[i], params[scanned]))
     return out
 
 

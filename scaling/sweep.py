@@ -70,7 +70,6 @@ def _sizes(budget: float, base: ModelConfig, num_sizes: int) -> list[ModelConfig
     """Distinct shapes of the family at N_opt * 4^t, t evenly spaced in [-1, 1], smallest first."""
     targets = optimal_size(budget, base) * SPAN ** np.linspace(-1, 1, num_sizes)
     shapes = {shape_for_params(min(max(t, MIN_PARAMS), MAX_PARAMS), base) for t in targets}
-    shapes = {s for s in shapes if s.arch != "switch" or s.n_layers >= s.moe_every}  # else no block has experts
     return sorted(shapes, key=lambda s: get_architecture(base.arch).counts(s).nonembed_params)
 
 
@@ -91,7 +90,7 @@ def _arch_runs(budget, base, num_sizes, train_base, batch_size, learning_rate) -
             train_base,
             tokens=tokens,
             batch_size=batch,
-            learning_rate=learning_rate or kaplan_learning_rate(counts(shape).nonembed_params),
+            learning_rate=learning_rate or kaplan_learning_rate(counts(shape).active_nonembed_params),
             eval_batches=max(1, math.ceil(EVAL_TOKENS / (batch * base.seq_len))),
             eval_every=max(1, steps // EVALS_PER_RUN),
         )
@@ -128,7 +127,8 @@ def plan_sweep(
         if len(arch_runs) < 3:
             need = _smallest_curve_budget(arch_base, num_sizes, batch_size)
             what = "cannot train even the smallest model one step" if not arch_runs else "leaves fewer than 3 sizes"
-            raise UsageError("--budget", f"{budget:.3g} FLOPs {what} for {arch}; use at least {need:.2g}")
+            fix = f"use at least {need:.2g}" + (" or a smaller --moe_every" if arch_base.min_layers > 1 else "")
+            raise UsageError("--budget", f"{budget:.3g} FLOPs {what} for {arch}; {fix}")
         runs += arch_runs
     return {
         "budget": budget,

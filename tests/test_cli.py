@@ -66,10 +66,14 @@ def test_isoflop_dry_run_prints_an_estimated_plan(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
-def test_bench_json_reports_throughput():
-    result = run("experiments.bench", "--d_model", "64", "--n_layers", "1", "--n_heads", "1", "--seq_len", "32",
+def test_bench_json_reports_throughput_and_the_ratio_to_the_first_arch():
+    result = run("experiments.bench", "--arch", "gpt,switch", "--moe_every", "1", "--num_experts", "4",
+                 "--group_size", "32", "--d_model", "64", "--n_layers", "1", "--n_heads", "1", "--seq_len", "32",
                  "--batch_size", "4", "--steps", "2", "--warmup", "1", "--json")
     assert result.returncode == 0, result.stderr
-    row = json.loads(result.stdout.strip().splitlines()[-1])
-    assert row["arch"] == "gpt" and row["tokens_per_s"] > 0 and row["tflops_per_device"] > 0 and row["mfu"] is None
-    assert (row["d_model"], row["n_layers"], row["seq_len"], row["batch_size"]) == (64, 1, 32, 4)
+    gpt, switch = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
+    assert gpt["arch"] == "gpt" and gpt["tokens_per_s"] > 0 and gpt["tflops_per_device"] > 0 and gpt["mfu"] is None
+    assert (gpt["d_model"], gpt["n_layers"], gpt["seq_len"], gpt["batch_size"]) == (64, 1, 32, 4)
+    assert gpt["step_ratio"] == 1.0
+    assert switch["step_ratio"] == pytest.approx(switch["step_s"] / gpt["step_s"])
+    assert switch["params"] > switch["active_params"] > gpt["params"]

@@ -64,3 +64,16 @@ def test_distillation_reports_the_kept_fraction(runs):
     assert os.path.exists(root / "student" / "summary.json")
     with pytest.raises(UsageError, match="--baseline"):
         distill(str(root / "switch"), str(root / "switch"), str(root / "other"), MESH)
+
+
+def test_interrupted_distillation_resumes_to_the_same_student(runs):
+    root, _, _ = runs
+    teacher, baseline, workdir = str(root / "switch"), str(root / "gpt"), root / "resumed"
+    assert distill(teacher, baseline, str(workdir), MESH, log_every=1, stop_step=3) is None
+    assert not os.path.exists(workdir / "summary.json")
+    before = (workdir / "metrics.jsonl").read_text().splitlines()
+    resumed = distill(teacher, baseline, str(workdir), MESH, log_every=1)
+    after = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert after[:3] == before and [json.loads(line)["step"] for line in after] == list(range(1, 7))  # not re-run
+    whole = distill(teacher, baseline, str(root / "student"), MESH)
+    assert resumed["student_eval_loss"] == pytest.approx(whole["student_eval_loss"], rel=1e-5)

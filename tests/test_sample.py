@@ -19,6 +19,10 @@ LENGTH, PREFILL = 12, 5
 
 CONFIGS = {
     "gpt": ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16),
+    # Prefill 2 x 5 tokens route in groups of 5, steps in groups of 2, the full pass in groups of 8;
+    # an eval capacity of 4x the fair share keeps every token, so all three agree.
+    "switch": ModelConfig(arch="switch", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16,
+                          num_experts=4, group_size=8, eval_capacity_factor=4.0),
     "tnl": ModelConfig(arch="tnl", vocab_size=256, d_model=32, n_layers=3, n_heads=2, d_ff=64, seq_len=16,
                        chunk_size=4, lrpe=True),
 }

@@ -1,5 +1,4 @@
 """isoFLOP planning (sizes, tokens, refusals) and execution (results, fits, plot, resumption)."""
-import dataclasses
 import json
 import math
 import os
@@ -52,6 +51,20 @@ def test_too_small_budget_names_the_minimum():
         sweep.plan_sweep(1e9, ["gpt"], 5, ModelConfig(seq_len=128), TrainConfig())
     minimum = float(str(error.value).rsplit(" ", 1)[-1])
     assert len(sweep.plan_sweep(minimum, ["gpt"], 5, ModelConfig(seq_len=128), TrainConfig())["runs"]) >= 3
+
+
+def test_switch_plans_only_shapes_with_an_expert_block_at_the_lr_of_its_active_size():
+    base = ModelConfig(arch="switch", seq_len=128, moe_every=2)
+    with pytest.raises(UsageError, match=r"use at least (\S+) or a smaller --moe_every") as error:
+        sweep.plan_sweep(3e12, ["switch"], 5, base, TrainConfig())
+    minimum = float(str(error.value).split("use at least ")[1].split()[0])
+    runs = sweep.plan_sweep(minimum, ["switch"], 5, base, TrainConfig())["runs"]
+    assert len(runs) >= 3
+    for run in runs:
+        shape = ModelConfig(**run["model"])
+        assert shape.n_layers >= 2
+        dense = sweep.kaplan_learning_rate(get_architecture("gpt").counts(shape).nonembed_params)
+        assert run["train"]["learning_rate"] == pytest.approx(dense, rel=0.01)  # not the total size's lower LR
 
 
 def small_plan(tmp_budget=2e12):

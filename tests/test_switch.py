@@ -147,7 +147,8 @@ def test_bad_expert_layouts_are_usage_errors(change, mesh, flag):
 
 @pytest.mark.parametrize(
     "change, flag",
-    [(dict(capacity_factor=0.0), "--capacity_factor"), (dict(moe_every=3), "--moe_every")],
+    [(dict(capacity_factor=0.0), "--capacity_factor"), (dict(eval_capacity_factor=-1.0), "--eval_capacity_factor"),
+     (dict(moe_every=3), "--moe_every")],
 )
 def test_bad_moe_options_are_usage_errors(change, flag):
     with pytest.raises(UsageError) as error:

@@ -2,6 +2,9 @@
 
 x += Attn(RMSNorm(x)); x += SwiGLU(RMSNorm(x)); logits = W_out RMSNorm(x)   (REFERENCE.md section 1)
 """
+import functools
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,13 +35,18 @@ def default_positions(tokens: jax.Array) -> jax.Array:
 
 
 class GPT(nn.Module):
-    """tokens [batch, length] -> float32 logits [batch, length, vocab]."""
+    """tokens [batch, length] -> float32 logits [batch, length, vocab].
+
+    `stack(config)` builds the residual blocks (x, positions, train) -> x: n_layers `Block`s here;
+    a variant swaps in its own stack (Switch: blocks with MoE FFNs).
+    """
 
     config: ModelConfig
+    stack: Callable[..., nn.Module] = functools.partial(BlockStack, Block)
 
     @nn.compact
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, train: bool = False) -> jax.Array:
         positions = default_positions(tokens) if positions is None else positions
         x = Embed(self.config, name="embed")(tokens)
-        x = BlockStack(Block, self.config, name="blocks")(x, positions, train)
+        x = self.stack(self.config, name="blocks")(x, positions, train)
         return LMHead(self.config, name="head")(RMSNorm(name="final_norm")(x))

@@ -7,15 +7,15 @@ n_layers % moe_every dense blocks left over run after it, unrolled. Auxiliary lo
 Switch layers are averaged over them by the trainer.
 """
 import dataclasses
+from typing import Callable
 
 import flax.linen as nn
 import jax
 
 from scaling import flops
 from scaling.config import ModelConfig
-from scaling.models.gpt import Block, default_positions
+from scaling.models.gpt import GPT, Block
 from scaling.nn.attention import CausalSelfAttention
-from scaling.nn.embed import Embed, LMHead
 from scaling.nn.moe import SwitchFFN, capacity
 from scaling.nn.norms import RMSNorm
 from scaling.nn.stack import REMAT_POLICIES
@@ -80,17 +80,10 @@ class SwitchStack(nn.Module):
         return x
 
 
-class Switch(nn.Module):
-    """tokens [batch, length] -> float32 logits [batch, length, vocab]; GPT with Switch FFNs."""
+class Switch(GPT):
+    """tokens [batch, length] -> float32 logits [batch, length, vocab]; the GPT with Switch FFNs."""
 
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, train: bool = False) -> jax.Array:
-        positions = default_positions(tokens) if positions is None else positions
-        x = Embed(self.config, name="embed")(tokens)
-        x = SwitchStack(self.config, name="blocks")(x, positions, train)
-        return LMHead(self.config, name="head")(RMSNorm(name="final_norm")(x))
+    stack: Callable[..., nn.Module] = SwitchStack
 
 
 def switch_counts(cfg: ModelConfig) -> flops.Counts:

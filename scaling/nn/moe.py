@@ -26,11 +26,12 @@ def capacity(group_tokens: int, num_experts: int, factor: float) -> int:
 
 
 def group_size(cfg: ModelConfig, num_tokens: int) -> int:
-    """Tokens per routing group: `cfg.group_size`, or all tokens when there are fewer."""
-    size = min(cfg.group_size, num_tokens)
-    if num_tokens % size:
-        raise ValueError(f"group_size {size} does not divide the {num_tokens} tokens of the batch")
-    return size
+    """Tokens per routing group: the largest divisor of `num_tokens` that is at most `cfg.group_size`.
+
+    Training batches divide exactly (`sharding.check_fits` refuses others), so this is `cfg.group_size`
+    there; smaller groups only occur when evaluating or decoding an arbitrary number of tokens.
+    """
+    return max(s for s in range(1, min(cfg.group_size, num_tokens) + 1) if num_tokens % s == 0)
 
 
 def scaled_init(in_axis: int, out_axis, batch_axis=()) -> nn.initializers.Initializer:
