@@ -18,6 +18,9 @@ flags.DEFINE_integer("batch_size", None, "Global batch in sequences (default: pe
 flags.DEFINE_float("learning_rate", None, "Peak LR for every run (default: Kaplan et al.'s rule per size).")
 flags.DEFINE_integer("seed", 0, "Seed of every run's initialisation and data order.")
 flags.DEFINE_bool("dry_run", False, "Print the plan and its estimated wall time; train nothing.")
+flags.DEFINE_enum("x_axis", "params", ["params", "nonembed_params", "active_params"],
+                  "Size the parabolas are fitted and plotted against (active_params: mixtures of experts by the "
+                  "parameters a token uses).")
 cli.define_model_flags(default_seq_len=1024)
 cli.define_common_flags()
 FLAGS = flags.FLAGS
@@ -45,7 +48,7 @@ def main(argv) -> None:
     if FLAGS.dry_run:
         return
     sweep.write_plan(workdir, plan)
-    sweep.run_sweep(plan, workdir, mesh_cfg)
+    sweep.run_sweep(plan, workdir, mesh_cfg, x_key=FLAGS.x_axis)
     print(f"wrote {workdir}/results.jsonl, fits.json and isoflop.png")
 
 

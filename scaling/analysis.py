@@ -231,20 +231,24 @@ def _format_optimum(fit: dict | None) -> str:
         return "no minimum (fitted parabola is concave)"
     lo, hi = fit["x_range"]
     where = "" if lo <= fit["n_opt"] <= hi else "  (outside the sampled range: extrapolated)"
-    return f"optimum: n_opt={fit['n_opt']:.3g} loss_min={fit['loss_min']:.4f}{where}"
+    unit = "" if fit["x_key"] == "params" else f" {fit['x_key']}"
+    return f"optimum: n_opt={fit['n_opt']:.3g}{unit} loss_min={fit['loss_min']:.4f}{where}"
 
 
 def format_table(results, fits) -> str:
-    """Plain-text table per arch and budget: run_id, params, tokens, final eval loss, then the optimum."""
+    """Plain-text table per arch and budget: run_id, params (total and active), tokens, final eval loss,
+    then the optimum."""
     width = max([len("run_id")] + [len(str(r["run_id"])) for r in results])
     blocks = []
     for (arch, budget), group in _groups(results).items():
         lines = [f"{arch}  C={float(budget):.3g}",
-                 f"  {'run_id':<{width}}  {'params':>10}  {'tokens':>10}  {'eval_loss':>9}"]
+                 f"  {'run_id':<{width}}  {'params':>10}  {'active':>10}  {'tokens':>10}  {'eval_loss':>9}"]
         for r in sorted(group, key=lambda r: r["params"]):
             loss = r.get(LOSS_KEY)
             loss_text = f"{loss:9.4f}" if loss is not None else f"{'-':>9}"
-            lines.append(f"  {r['run_id']:<{width}}  {r['params']:>10.3g}  {r['tokens']:>10.3g}  {loss_text}")
+            active = r.get("active_params", r["params"])
+            lines.append(f"  {r['run_id']:<{width}}  {r['params']:>10.3g}  {active:>10.3g}  {r['tokens']:>10.3g}  "
+                         f"{loss_text}")
         lines.append("  " + _format_optimum(fits.get(arch, {}).get(budget)))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

@@ -249,8 +249,9 @@ def append_result(workdir: str, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def run_sweep(plan: dict, workdir: str, mesh_cfg: MeshConfig, log=print) -> dict:
-    """Runs every planned run (finished ones are skipped, partial ones resume), then fits and plots."""
+def run_sweep(plan: dict, workdir: str, mesh_cfg: MeshConfig, log=print, x_key: str = "params") -> dict:
+    """Runs every planned run (finished ones are skipped, partial ones resume), then fits and plots
+    the loss against `x_key` (params, nonembed_params or active_params)."""
     done = {r["run_id"] for r in finished_results(workdir)}
     for i, run in enumerate(plan["runs"]):
         if run["run_id"] in done:
@@ -263,7 +264,7 @@ def run_sweep(plan: dict, workdir: str, mesh_cfg: MeshConfig, log=print) -> dict
         if jax.process_index() == 0:
             append_result(workdir, result_record(run, summary))
         log(f"    final eval loss {summary['final_eval_loss']:.4f} in {format_duration(summary['wall_s'])}")
-    return finish(workdir)
+    return finish(workdir, x_key)
 
 
 def finished_results(workdir: str) -> list[dict]:
@@ -271,13 +272,13 @@ def finished_results(workdir: str) -> list[dict]:
     return analysis.load_results(workdir) if os.path.exists(os.path.join(workdir, "results.jsonl")) else []
 
 
-def finish(workdir: str) -> dict:
-    """Fits a parabola per architecture, writes fits.json and isoflop.png, and returns the fits."""
+def finish(workdir: str, x_key: str = "params") -> dict:
+    """Fits a parabola in log `x_key` per architecture, writes fits.json and isoflop.png, returns the fits."""
     results = finished_results(workdir)
-    fits = analysis.fit_sweep(results)
+    fits = analysis.fit_sweep(results, x_key)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "fits.json"), "w") as f:
             json.dump(fits, f, indent=2)
-        analysis.plot_isoflop(results, fits, os.path.join(workdir, "isoflop.png"))
+        analysis.plot_isoflop(results, fits, os.path.join(workdir, "isoflop.png"), x_key)
         print(analysis.format_table(results, fits))
     return fits

@@ -183,6 +183,19 @@ def test_speedup_plot_writes_png(tmp_path):
     assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000
 
 
+def test_mixtures_of_experts_fit_against_active_params():
+    results = sweep_results(archs=("switch",), budgets=(1e17,))
+    for row in results:
+        row["active_params"] = row["params"] / 8  # a token uses one expert of eight
+    by_total, by_active = analysis.fit_sweep(results), analysis.fit_sweep(results, "active_params")
+    total, active = by_total["switch"]["1e+17"], by_active["switch"]["1e+17"]
+    assert active["n_opt"] == pytest.approx(total["n_opt"] / 8, rel=1e-6)
+    assert active["loss_min"] == pytest.approx(total["loss_min"])
+    table = analysis.format_table(results, by_active)
+    assert f"optimum: n_opt={active['n_opt']:.3g} active_params" in table
+    assert f"{results[0]['params']:>10.3g}  {results[0]['active_params']:>10.3g}" in table
+
+
 def test_table_mentions_every_run_and_the_optimum():
     results = sweep_results()
     results.append(dict(run_id="mod-lonely", arch="mod", budget=1e17, params=1e6, tokens=1e9, final_eval_loss=None))

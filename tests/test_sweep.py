@@ -92,9 +92,11 @@ def test_sweep_runs_fits_plots_and_resumes(tmp_path):
     assert os.path.getsize(os.path.join(workdir, "isoflop.png")) > 10_000
 
     logged = []
-    sweep.run_sweep(plan, workdir, MeshConfig(), log=logged.append)
+    refit = sweep.run_sweep(plan, workdir, MeshConfig(), log=logged.append, x_key="nonembed_params")
     assert all("skipped" in line for line in logged)
     assert len(open(os.path.join(workdir, "results.jsonl")).readlines()) == len(results)
+    assert refit["gpt"][repr(2e12)]["x_key"] == "nonembed_params"
+    assert refit["gpt"][repr(2e12)]["x_range"][0] == min(r["nonembed_params"] for r in results)
 
 
 def test_partial_sweep_resumes_the_interrupted_run(tmp_path):
