@@ -19,7 +19,6 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
 import optax
 
 from scaling.benchmark import time_train_steps
