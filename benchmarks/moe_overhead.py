@@ -11,7 +11,6 @@ matmul (the same FLOPs, tokens x d x 2 d_ff, spread over E experts: what grows i
 whole model's parameters.
 """
 import argparse
-import dataclasses
 import json
 import statistics
 import time
@@ -23,7 +22,7 @@ import optax
 
 from scaling.benchmark import time_train_steps
 from scaling.config import MeshConfig, ModelConfig, TrainConfig
-from scaling.models.registry import get_architecture
+from scaling.models.registry import get_architecture, model_config
 
 
 def median_ms(fn, *args, repeats: int = 9) -> float:
@@ -68,25 +67,26 @@ def main() -> None:
     parser.add_argument("--seq_len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=7)
     args = parser.parse_args()
-    gpt = ModelConfig(vocab_size=256, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
-                      d_ff=args.d_ff, seq_len=args.seq_len)
-    switches = [dataclasses.replace(gpt, arch="switch", num_experts=int(e), group_size=args.group_size,
-                                    capacity_factor=args.capacity_factor) for e in args.experts.split(",")]
+    shape = dict(vocab_size=256, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
+                 d_ff=args.d_ff, seq_len=args.seq_len)
+    gpt = model_config("gpt", **shape)
+    switches = [model_config("switch", **shape, num_experts=int(e), group_size=args.group_size,
+                             capacity_factor=args.capacity_factor) for e in args.experts.split(",")]
     for batch_size in map(int, args.batch_sizes.split(",")):
         gpt_time, *switch_times = time_train_steps([gpt, *switches], batch_size, MeshConfig(data=1), steps=args.steps)
         for cfg, timed in zip(switches, switch_times):
             counts = get_architecture("switch").counts(cfg)
             print(json.dumps({
-                "num_experts": cfg.num_experts, "batch_size": batch_size, "tokens_per_batch": batch_size * cfg.seq_len,
+                "num_experts": cfg.options.num_experts, "batch_size": batch_size, "tokens_per_batch": batch_size * cfg.seq_len,
                 "params": counts.params, "active_params": counts.active_params, "gpt_step_s": gpt_time["step_s"],
                 "switch_step_s": timed["step_s"], "ratio": timed["step_s"] / gpt_time["step_s"],
             }), flush=True)
         slots = int(batch_size * args.seq_len * args.capacity_factor)
         for cfg in switches:
-            ms = weight_gradient_ms(cfg.num_experts, slots, args.d_model, args.d_ff)
-            print(json.dumps({"num_experts": cfg.num_experts, "expert_slots": slots, "weight_gradient_ms": ms}))
+            ms = weight_gradient_ms(cfg.options.num_experts, slots, args.d_model, args.d_ff)
+            print(json.dumps({"num_experts": cfg.options.num_experts, "expert_slots": slots, "weight_gradient_ms": ms}))
     for cfg in [gpt, *switches]:
-        print(json.dumps({"arch": cfg.arch, "num_experts": cfg.num_experts if cfg.arch == "switch" else None,
+        print(json.dumps({"arch": cfg.arch, "num_experts": getattr(cfg.options, "num_experts", None),
                           "optimizer_ms": optimizer_ms(cfg)}))
 
 

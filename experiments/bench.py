@@ -13,7 +13,6 @@ import dataclasses
 import json
 
 import jax
-import jax.numpy as jnp
 from absl import flags
 
 from experiments import cli
@@ -21,12 +20,11 @@ from scaling import sharding
 from scaling.benchmark import time_train_steps
 from scaling.config import TrainConfig, UsageError
 from scaling.models.registry import get_architecture
-from scaling.train.state import abstract_state
-from scaling.train.steps import jit_train_step
+from scaling.train.run import Run
 
 cli.define_model_flags()
+cli.define_train_flags(("batch_size", "data"))
 cli.define_common_flags()
-flags.DEFINE_integer("batch_size", 8, "Global batch size in sequences.")
 flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_bool("json", False, "Print one JSON object per line instead of a table.")
@@ -42,16 +40,9 @@ COLUMNS = ("arch", "d_model", "n_layers", "n_heads", "seq_len", "batch_size", "d
 
 def peak_memory_mib(model_cfg, batch_size: int) -> float:
     """Temporaries + arguments of the compiled train step (XLA memory analysis), in MiB."""
-    arch = get_architecture(model_cfg.arch)
-    mesh = sharding.make_mesh(cli.mesh_config())
-    model = arch.model(model_cfg)
-    tx, _ = arch.optimizer(TrainConfig(batch_size=batch_size), 1000)
-    state, shardings = abstract_state(model, tx, model_cfg, 0, mesh)
-    tokens = jax.ShapeDtypeStruct((batch_size, model_cfg.seq_len), jnp.int32, sharding=sharding.batch_sharding(mesh))
-    batch = {"inputs": tokens, "targets": tokens, "weights": tokens.update(dtype=jnp.float32)}
-    with sharding.activate(mesh):
-        compiled = jit_train_step(model, tx, 0, arch.post_step, shardings, mesh).lower(state, batch).compile()
-    memory = compiled.memory_analysis()
+    one_batch = TrainConfig(batch_size=batch_size, tokens=batch_size * model_cfg.seq_len)
+    run = Run(model_cfg, one_batch, sharding.make_mesh(cli.mesh_config()), total_steps=1000)
+    memory = run.compile_train_step().memory_analysis()
     return (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20
 
 

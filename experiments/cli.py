@@ -1,107 +1,123 @@
-"""Flags shared by the entry points, and the wrapper that turns bad input into one line and exit 2."""
+"""Flags generated from the config dataclasses, and the wrapper that turns bad input into one line and exit 2.
+
+Each flag is a config field (scaling/config.py, and every registered architecture's options): its
+type, default and help come from the field, so an option is declared once.
+"""
 import dataclasses
 import sys
 
 from absl import app, flags, logging
 
 from scaling import data, distributed
-from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
+from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError, option_fields
+from scaling.models.registry import ARCHITECTURES, get_architecture
 from scaling.shapes import d_ff_for, shape_for_params
 
 FLAGS = flags.FLAGS
+SHAPE_FLAGS = ("d_model", "n_layers", "n_heads", "d_ff")
 
 
-def define_model_flags(default_seq_len: int = 256) -> None:
-    flags.DEFINE_string("arch", "gpt", "Architecture name (see scaling/models/registry.py).")
+class _Count(flags.ArgumentParser):
+    """Parses an integer, written plainly or as an integral float such as 2e7."""
+
+    syntactic_help = "an integer"
+
+    def parse(self, argument):
+        value = float(argument) if isinstance(argument, str) else argument
+        if value != int(value):
+            raise ValueError(f"{argument!r} is not an integer")
+        return int(value)
+
+    def flag_type(self):
+        return "int"
+
+
+def _define(field: dataclasses.Field, help_text: str) -> None:
+    """One absl flag for a config field: bool, enum (the field's choices), integer, float or string."""
+    name, default, choices = field.name, field.default, field.metadata["choices"]
+    if choices:
+        flags.DEFINE_enum(name, default, list(choices), help_text)
+    elif field.type is bool:
+        flags.DEFINE_bool(name, default, help_text)
+    elif field.type is int:
+        flags.DEFINE(_Count(), name, default, help_text)
+    elif field.type is float:
+        flags.DEFINE_float(name, default, help_text)
+    else:
+        flags.DEFINE_string(name, default, help_text)
+
+
+def define_flags(config_type, names: tuple[str, ...] | None = None) -> None:
+    """Flags for the option fields of `config_type` (all, or those in `names`)."""
+    for field in option_fields(config_type):
+        if names is None or field.name in names:
+            _define(field, field.metadata["help"])
+
+
+def _arch_option_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """{field name: (field, architectures using it)} over every registered architecture's options."""
+    fields = {}
+    for name, arch in ARCHITECTURES.items():
+        for field in option_fields(arch.options):
+            known, users = fields.setdefault(field.name, (field, []))
+            if known.default != field.default or known.type != field.type:
+                raise TypeError(f"option {field.name} is declared twice with different types or defaults")
+            users.append(name)
+    return fields
+
+
+def define_model_flags() -> None:
+    """ModelConfig's fields, every architecture's options (help names the architectures), and --size."""
+    define_flags(ModelConfig)
+    for field, users in _arch_option_fields().values():
+        _define(field, f"{field.metadata['help']} ({', '.join(users)})")
     flags.DEFINE_float("size", None, "Target non-embedding parameters; picks a shape from the size family.")
-    flags.DEFINE_integer("d_model", None, "Model width (instead of --size).")
-    flags.DEFINE_integer("n_layers", None, "Number of blocks (instead of --size).")
-    flags.DEFINE_integer("n_heads", None, "Attention heads (instead of --size).")
-    flags.DEFINE_integer("d_ff", None, "MLP hidden width (default 8/3 d_model rounded up to 64).")
-    flags.DEFINE_integer("seq_len", default_seq_len, "Tokens per training sequence.")
-    flags.DEFINE_integer("vocab_size", None, "Vocabulary size (default: the data source's).")
-    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters stay float32).")
-    flags.DEFINE_bool("scan_layers", True, "Scan over layers (compile once) instead of unrolling.")
-    flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "Rematerialisation policy per block.")
-    flags.DEFINE_integer("num_experts", 8, "Experts per MoE layer (switch).")
-    flags.DEFINE_float("capacity_factor", 1.25, "Expert capacity factor in training (switch).")
-    flags.DEFINE_float("eval_capacity_factor", 2.0, "Expert capacity factor in evaluation and sampling (switch).")
-    flags.DEFINE_integer("moe_every", 2, "Every k-th block has an MoE FFN (switch; 1: every block).")
-    flags.DEFINE_integer("group_size", 256, "Tokens per routing group (switch).")
-    flags.DEFINE_float("router_z_loss", 0.0, "Router z-loss coefficient (switch; ST-MoE: 1e-3).")
-    flags.DEFINE_integer("chunk_size", 64, "Lightning Attention chunk size, a power of two (tnl).")
-    flags.DEFINE_bool("lrpe", False, "LRPE on the first layer (tnl).")
 
 
-def define_train_flags() -> None:
-    flags.DEFINE_float("tokens", 2e6, "Training tokens (fixes the number of steps).")
-    flags.DEFINE_integer("batch_size", 16, "Global batch size in sequences.")
-    flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.")
-    flags.DEFINE_float("warmup_frac", 0.05, "Fraction of the run spent in linear warmup.")
-    flags.DEFINE_float("weight_decay", 0.1, "Decoupled weight decay on matrices.")
-    flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the data order.")
-    flags.DEFINE_integer("eval_every", 0, "Steps between evaluations (0: ten per run).")
-    flags.DEFINE_integer("eval_batches", 4, "Held-out batches per evaluation.")
-    flags.DEFINE_integer("log_every", 10, "Steps between metrics records.")
-    flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.")
+def define_train_flags(names: tuple[str, ...] | None = None) -> None:
+    """TrainConfig's flags (all, or those in `names`; the others keep their defaults)."""
+    define_flags(TrainConfig, names)
 
 
 def define_common_flags() -> None:
-    flags.DEFINE_string("data", "pystdlib", "Data source: pystdlib, synthetic or tfds:NAME.")
     flags.DEFINE_string("mesh", "data=-1,model=1,expert=1", "Device mesh sizes; one entry may be -1 to fill.")
     flags.DEFINE_string("workdir", None, "Output directory.")
+
+
+def given(name: str) -> bool:
+    """True when flag `name` was set on the command line."""
+    return FLAGS[name].present > 0
 
 
 def mesh_config() -> MeshConfig:
     return MeshConfig.parse(FLAGS.mesh)
 
 
+def _values(config_type, skip: tuple[str, ...] = ()) -> dict:
+    return {f.name: FLAGS[f.name].value for f in option_fields(config_type) if f.name not in skip}
+
+
 def model_config(arch: str | None = None) -> ModelConfig:
     """The model from --size or the explicit shape flags (not both), vocabulary from the data source."""
-    shape_flags = {name: FLAGS[name].value for name in ("d_model", "n_layers", "n_heads", "d_ff")}
-    vocab = FLAGS.vocab_size or data.vocab_size(FLAGS.data)
-    base = ModelConfig(
-        arch=arch or FLAGS.arch,
-        vocab_size=vocab,
-        seq_len=FLAGS.seq_len,
-        dtype=FLAGS.dtype,
-        scan_layers=FLAGS.scan_layers,
-        remat=FLAGS.remat,
-        num_experts=FLAGS.num_experts,
-        capacity_factor=FLAGS.capacity_factor,
-        eval_capacity_factor=FLAGS.eval_capacity_factor,
-        moe_every=FLAGS.moe_every,
-        group_size=FLAGS.group_size,
-        router_z_loss=FLAGS.router_z_loss,
-        chunk_size=FLAGS.chunk_size,
-        lrpe=FLAGS.lrpe,
-    )
+    spec = get_architecture(arch or FLAGS.arch)
+    fields = _values(ModelConfig, skip=("arch", "vocab_size", *SHAPE_FLAGS))
+    vocab = FLAGS.vocab_size if given("vocab_size") else data.vocab_size(FLAGS.data)
+    base = ModelConfig(arch=spec.name, vocab_size=vocab, options=spec.options(**_values(spec.options)), **fields)
+    shape = {name: FLAGS[name].value for name in SHAPE_FLAGS if given(name)}
     if FLAGS.size is not None:
-        given = [f"--{k}" for k, v in shape_flags.items() if v is not None]
-        if given:
-            raise UsageError("--size", f"give either --size or the shape flags {', '.join(given)}, not both")
+        if shape:
+            flags_given = ", ".join(f"--{name}" for name in shape)
+            raise UsageError("--size", f"give either --size or the shape flags {flags_given}, not both")
         return shape_for_params(FLAGS.size, base).validate()
-    shape = {k: v for k, v in shape_flags.items() if v is not None}
     if "d_model" in shape and "d_ff" not in shape:
         shape["d_ff"] = d_ff_for(shape["d_model"])
     return dataclasses.replace(base, **shape).validate()
 
 
 def train_config(**overrides) -> TrainConfig:
-    values = dict(
-        tokens=int(FLAGS.tokens),
-        batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate,
-        warmup_frac=FLAGS.warmup_frac,
-        weight_decay=FLAGS.weight_decay,
-        seed=FLAGS.seed,
-        data=FLAGS.data,
-        eval_every=FLAGS.eval_every,
-        eval_batches=FLAGS.eval_batches,
-        log_every=FLAGS.log_every,
-        checkpoint_every=FLAGS.checkpoint_every,
-    )
-    return TrainConfig(**{**values, **overrides})
+    """The TrainConfig of the flags that are defined (others keep their defaults), with `overrides`."""
+    defined = {f.name: FLAGS[f.name].value for f in option_fields(TrainConfig) if f.name in FLAGS}
+    return TrainConfig(**{**defined, **overrides})
 
 
 def _parse_flags(argv):

@@ -3,7 +3,6 @@
 Restores the latest checkpoint of the run in --workdir and prints the prompt followed by the sampled
 continuation (byte-level tokens, decoded as UTF-8). Nothing is written.
 """
-import json
 import os
 
 import jax
@@ -12,11 +11,12 @@ from absl import flags
 
 from experiments import cli
 from scaling import sharding
-from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
-from scaling.models.registry import get_architecture
+from scaling.config import MeshConfig, TrainConfig, UsageError
+from scaling.models.registry import model_config_from_dict
 from scaling.sample import sample
 from scaling.train import checkpoints
-from scaling.train.state import abstract_state
+from scaling.train.loop import read_config
+from scaling.train.run import Run
 
 flags.DEFINE_string("workdir", None, "Run directory (holding config.json and checkpoints/).")
 flags.DEFINE_string("prompt", "def ", "Text to continue.")
@@ -30,19 +30,14 @@ FLAGS = flags.FLAGS
 
 def load_params(run_dir: str):
     """(model config, parameters) of the latest checkpoint of a run directory."""
-    config_path = os.path.join(run_dir or "", "config.json")
-    if not run_dir or not os.path.exists(config_path) or not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+    config = read_config(run_dir) if run_dir else None
+    if config is None or not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         raise UsageError("--workdir", f"{run_dir!r} holds no trained run (config.json and checkpoints/)")
-    with open(config_path) as f:
-        config = json.load(f)
-    model_cfg, train_cfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
-    arch = get_architecture(model_cfg.arch)
-    model = arch.model(model_cfg)
-    tx, _ = arch.optimizer(train_cfg, train_cfg.steps(model_cfg.seq_len))
-    mesh = sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1])
-    abstract, _ = abstract_state(model, tx, model_cfg, train_cfg.seed, mesh)
+    model_cfg, train_cfg = model_config_from_dict(config["model"]), TrainConfig(**config["train"])
+    run = Run(model_cfg, train_cfg, sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1]))
     mngr = checkpoints.manager(run_dir, train_cfg.keep_checkpoints, train_cfg.checkpoint_every)
-    state = checkpoints.restore_latest(mngr, abstract)
+    state = run.restore(mngr)
+    mngr.close()
     if state is None:
         raise UsageError("--workdir", f"{run_dir} has no checkpoint yet; train it first")
     return model_cfg, state.params

@@ -72,7 +72,7 @@ def plan_runs(names, lrs, mesh_cfg) -> dict[str, list[tuple]]:
     runs = {}
     for name in names:
         model_cfg = cli.model_config(name)
-        sharding.check_fits(mesh, model_cfg, FLAGS.batch_size)
+        ARCHITECTURES[name].check_fits(mesh, model_cfg, FLAGS.batch_size)
         runs[name] = [(model_cfg, cli.train_config(learning_rate=lr, eval_every=eval_every).validate(model_cfg.seq_len))
                       for lr in lrs]
     return runs

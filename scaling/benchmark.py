@@ -12,10 +12,8 @@ import numpy as np
 
 from scaling import sharding
 from scaling.config import MeshConfig, ModelConfig, TrainConfig
-from scaling.models.registry import get_architecture
 from scaling.train.metrics import throughput
-from scaling.train.state import abstract_state, create_state
-from scaling.train.steps import jit_train_step
+from scaling.train.run import Run
 
 
 def random_batch(cfg: ModelConfig, batch_size: int, mesh) -> dict:
@@ -30,26 +28,21 @@ class _Runner:
     """One model's compiled train step with its own state and batch."""
 
     def __init__(self, model_cfg: ModelConfig, batch_size: int, mesh):
-        self.cfg = model_cfg.validate()
-        arch = get_architecture(self.cfg.arch)
-        sharding.check_fits(mesh, self.cfg, batch_size)
-        model = arch.model(self.cfg)
-        tx, _ = arch.optimizer(TrainConfig(batch_size=batch_size), 1000)
-        _, shardings = abstract_state(model, tx, self.cfg, 0, mesh)
-        self.state = create_state(model, tx, self.cfg, 0, mesh, arch.post_step)
+        one_batch = TrainConfig(batch_size=batch_size, tokens=batch_size * model_cfg.seq_len)
+        self.run = Run(model_cfg, one_batch, mesh, total_steps=1000)
+        self.cfg = self.run.model_cfg
+        self.state = self.run.init_state()
         self.batch = random_batch(self.cfg, batch_size, mesh)
         self.mesh = mesh
-        with sharding.activate(mesh):
-            start = time.perf_counter()
-            step = jit_train_step(model, tx, 0, arch.post_step, shardings, mesh)
-            self.step = step.lower(self.state, self.batch).compile()
-            self.compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        self.step = self.run.compile_train_step()
+        self.compile_s = time.perf_counter() - start
         self.times = []
 
-    def run(self, timed: bool) -> None:
+    def advance(self, timed: bool) -> None:
         with sharding.activate(self.mesh):
             start = time.perf_counter()
-            self.state, metrics = self.step(self.state, self.batch)
+            self.state, metrics = self.step(self.state, self.batch, None)
             jax.block_until_ready(metrics)
         if timed:
             self.times.append(time.perf_counter() - start)
@@ -69,11 +62,11 @@ def time_train_steps(
     runners = [_Runner(cfg, batch_size, mesh) for cfg in model_cfgs]
     for i in range(warmup + steps):
         for runner in runners:
-            runner.run(timed=i >= warmup)
+            runner.advance(timed=i >= warmup)
     results = []
     for runner in runners:
         step_s = statistics.median(runner.times)
-        counts = get_architecture(runner.cfg.arch).counts(runner.cfg)
+        counts = runner.run.arch.counts(runner.cfg)
         results.append({
             "step_s": step_s,
             "compile_s": runner.compile_s,

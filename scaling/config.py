@@ -1,9 +1,13 @@
 """Frozen configs for a model, a training run and a device mesh, with user-facing validation.
 
-Every check raises `UsageError(flag, fix)`; entry points turn it into one line and exit status 2.
+Every option is declared once, as a dataclass field made by `option` (default, help text, choices);
+experiments/cli.py turns the fields into command-line flags. An architecture's own options live in
+an `ArchOptions` subclass beside its model (scaling/models/). Every check raises
+`UsageError(flag, fix)`; entry points turn it into one line and exit status 2.
 """
 import dataclasses
 import math
+from typing import ClassVar
 
 
 class UsageError(ValueError):
@@ -14,45 +18,78 @@ class UsageError(ValueError):
         self.flag = flag
 
 
+def option(default, help: str, choices: tuple[str, ...] | None = None):  # noqa: A002 (absl's word)
+    """A config field with its command-line help (and, for strings, its allowed values)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def option_fields(cls) -> list[dataclasses.Field]:
+    """The fields of a config class that are command-line options."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def check_choice(value: str, field: str, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"--{field}", f"choose one of {', '.join(choices)}")
+
+
+def check_positive(config, *names: str) -> None:
+    """UsageError naming the first of `names` whose value is not a positive number."""
+    for name in names:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name}", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchOptions:
+    """Options of one architecture. Each architecture declares a subclass beside its model (with
+    `option` fields, each a command-line flag); this base has none.
+
+    `min_layers` is the fewest blocks the options allow (the size family honours it) and
+    `depth_flag` names the option that sets it, for error messages.
+    """
+
+    depth_flag: ClassVar[str] = "--n_layers"
+
+    def validate(self, cfg: "ModelConfig") -> None:
+        """UsageError on bad options; `cfg` is the whole model (its shape is already valid)."""
+
+    def min_layers(self) -> int:
+        return 1
+
+
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shape and numerics of one model. Architecture-specific options carry defaults."""
+    """Shape and numerics of one model; `options` holds its architecture's own fields."""
 
-    arch: str = "gpt"
-    vocab_size: int = 256
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 2
-    d_ff: int = 384
-    seq_len: int = 256
-    dtype: str = "float32"
-    scan_layers: bool = True
-    remat: str = "none"
-    init_std: float = 0.02
-    rope_base: float = 10000.0
-    # Switch Transformer MoE FFN (REFERENCE.md section 3); used by architectures with experts.
-    num_experts: int = 8
-    capacity_factor: float = 1.25
-    eval_capacity_factor: float = 2.0
-    moe_every: int = 2
-    group_size: int = 256
-    router_z_loss: float = 0.0
-    # TransNormerLLM / Lightning Attention (REFERENCE.md section 5).
-    chunk_size: int = 64
-    lrpe: bool = False
+    arch: str = option("gpt", "Architecture name (see scaling/models/registry.py).")
+    vocab_size: int = option(256, "Vocabulary size (default: the data source's).")
+    d_model: int = option(128, "Model width (instead of --size).")
+    n_layers: int = option(2, "Number of blocks (instead of --size).")
+    n_heads: int = option(2, "Attention heads (instead of --size).")
+    d_ff: int = option(384, "MLP hidden width (default with --d_model: 8/3 d_model rounded up to 64).")
+    seq_len: int = option(256, "Tokens per training sequence.")
+    dtype: str = option("float32", "Compute dtype (parameters stay float32).", DTYPES)
+    scan_layers: bool = option(True, "Scan over layers (compile once) instead of unrolling.")
+    remat: str = option("none", "Rematerialisation policy per block.", REMAT_POLICIES)
+    init_std: float = option(0.02, "Standard deviation of the normal weight initialisation.")
+    rope_base: float = option(10000.0, "Rotary embedding base.")
+    options: ArchOptions = ArchOptions()
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
 
-    @property
-    def min_layers(self) -> int:
-        """Fewest blocks this architecture needs: a Switch model's first MoE FFN is in block moe_every."""
-        return self.moe_every if self.arch == "switch" else 1
+    def replace(self, **changes) -> "ModelConfig":
+        """dataclasses.replace that routes fields of `options` into the options."""
+        own = {k: v for k, v in changes.items() if k not in _field_names(self.options)}
+        theirs = {k: v for k, v in changes.items() if k in _field_names(self.options)}
+        return dataclasses.replace(self, **own, options=dataclasses.replace(self.options, **theirs))
 
     def validate(self) -> "ModelConfig":
         for flag in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len"):
@@ -61,59 +98,54 @@ class ModelConfig:
         if self.d_model % self.n_heads:
             raise UsageError("--n_heads", f"must divide --d_model={self.d_model}")
         if self.d_head % 2:
-            raise UsageError("--n_heads", "d_model / n_heads must be even (RoPE and LRPE rotate channel pairs)")
-        if self.dtype not in DTYPES:
-            raise UsageError("--dtype", f"choose one of {', '.join(DTYPES)}")
-        if self.remat not in REMAT_POLICIES:
-            raise UsageError("--remat", f"choose one of {', '.join(REMAT_POLICIES)}")
-        if self.num_experts < 1:
-            raise UsageError("--num_experts", "must be a positive integer")
-        if self.capacity_factor <= 0:
-            raise UsageError("--capacity_factor", "must be positive (e.g. 1.25)")
-        if self.eval_capacity_factor <= 0:
-            raise UsageError("--eval_capacity_factor", "must be positive (e.g. 2.0)")
-        if self.moe_every < 1:
-            raise UsageError("--moe_every", "must be a positive integer (1: every block, 2: every other)")
-        if self.min_layers > self.n_layers:
-            raise UsageError("--moe_every", f"must be <= --n_layers={self.n_layers}, or no block gets experts")
-        if self.group_size < 1:
-            raise UsageError("--group_size", "must be a positive integer")
-        if self.router_z_loss < 0:
-            raise UsageError("--router_z_loss", "must be >= 0 (ST-MoE uses 1e-3)")
-        if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
-            raise UsageError("--chunk_size", "must be a power of two (e.g. 64)")
+            raise UsageError("--n_heads", "d_model / n_heads must be even (position encodings rotate channel pairs)")
+        check_choice(self.dtype, "dtype", DTYPES)
+        check_choice(self.remat, "remat", REMAT_POLICIES)
+        if self.options.min_layers() > self.n_layers:
+            raise UsageError(self.options.depth_flag, f"needs at least {self.options.min_layers()} blocks; "
+                                                      f"--n_layers is {self.n_layers}")
+        self.options.validate(self)
         return self
+
+
+def _field_names(config) -> set[str]:
+    return {f.name for f in dataclasses.fields(config)}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, data and bookkeeping of one run. `tokens` fixes the number of steps."""
 
-    tokens: int = 1_000_000
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    warmup_frac: float = 0.05
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    seed: int = 0
-    data: str = "pystdlib"
-    eval_every: int = 0
-    eval_batches: int = 4
-    log_every: int = 10
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
+    tokens: int = option(2_000_000, "Training tokens (fixes the number of steps; 2e7 is accepted).")
+    batch_size: int = option(16, "Global batch size in sequences.")
+    learning_rate: float = option(3e-3, "Peak learning rate.")
+    warmup_frac: float = option(0.05, "Fraction of the run spent in linear warmup.")
+    weight_decay: float = option(0.1, "Decoupled weight decay on matrices.")
+    grad_clip: float = option(1.0, "Global gradient-norm clipping threshold.")
+    b1: float = option(0.9, "Adam beta1.")
+    b2: float = option(0.95, "Adam beta2.")
+    eps: float = option(1e-8, "Adam epsilon.")
+    seed: int = option(0, "Seed of the initialisation and of the data order.")
+    data: str = option("pystdlib", "Data source: pystdlib, synthetic or tfds:NAME.")
+    eval_every: int = option(0, "Steps between evaluations (0: ten per run).")
+    eval_batches: int = option(4, "Held-out batches per evaluation.")
+    log_every: int = option(10, "Steps between metrics records.")
+    checkpoint_every: int = option(200, "Steps between checkpoints.")
+    keep_checkpoints: int = option(2, "Checkpoints kept (the most recent).")
 
     def steps(self, seq_len: int) -> int:
         return self.tokens // (self.batch_size * seq_len)
 
     def validate(self, seq_len: int) -> "TrainConfig":
-        if self.batch_size < 1:
-            raise UsageError("--batch_size", "must be a positive integer")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise UsageError("--learning_rate", "must be a positive number")
+        for name in ("batch_size", "eval_batches", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name}", "must be a positive integer")
+        check_positive(self, "learning_rate", "grad_clip", "eps")
+        if not (0 <= self.warmup_frac < 1):
+            raise UsageError("--warmup_frac", "must be in [0, 1)")
+        for name in ("b1", "b2"):
+            if not (0 <= getattr(self, name) < 1):
+                raise UsageError(f"--{name}", "must be in [0, 1)")
         if self.steps(seq_len) < 1:
             raise UsageError(
                 "--tokens",

@@ -29,22 +29,3 @@ class Counts:
     def active_nonembed_params(self) -> int:
         """Non-embedding parameters a single token uses."""
         return self.nonembed_params - (self.params - self.active_params)
-
-
-def attention_flops_per_token(cfg: ModelConfig) -> float:
-    """Forward FLOPs of q k^T and weights x v for one token over the full T x T square."""
-    return 4.0 * cfg.n_layers * cfg.seq_len * cfg.n_heads * cfg.d_head
-
-
-def gpt_counts(cfg: ModelConfig) -> Counts:
-    """Counts for the baseline GPT (REFERENCE.md section 1)."""
-    d = cfg.d_model
-    attn_proj = 4 * d * cfg.n_heads * cfg.d_head
-    mlp = 3 * d * cfg.d_ff
-    block = attn_proj + mlp + 2 * d
-    nonembed = cfg.n_layers * block + d
-    embeddings = 2 * cfg.vocab_size * d
-    matmul = cfg.n_layers * (attn_proj + mlp) + d * cfg.vocab_size
-    forward = 2.0 * matmul + attention_flops_per_token(cfg)
-    total = nonembed + embeddings
-    return Counts(params=total, nonembed_params=nonembed, active_params=total, flops_per_token=3.0 * forward)

@@ -3,8 +3,9 @@
 A model decodes incrementally when applied with its 'cache' collection mutable: softmax attention
 keeps a KV cache of seq_len slots (scaling.nn.attention.cached_attention), TNL keeps the recurrent
 state KV_t = lambda KV_{t-1} + k_t^T v_t per layer (scaling.nn.linear_attention.recurrent), whose size
-does not depend on the number of tokens generated. Decoding unrolls the layers (scanned parameters
-are unstacked) so each block owns its cache.
+does not depend on the number of tokens generated. The layer stack scans the cache like the
+parameters, so a model decodes on its trained parameters as they are. Every call is `autoregressive`:
+each position is computed from it and earlier tokens only, as sampling requires.
 """
 import dataclasses
 
@@ -15,34 +16,15 @@ from scaling.config import ModelConfig
 from scaling.models.registry import get_architecture
 
 
-# Scanned stacks' module names and the names their unrolled layers take (scan_layers=False).
-SCANNED = {"layers": "layer", "groups": "group"}
-
-
-def unroll_layers(params):
-    """Parameters of scanned stacks ('layers' or Switch's 'groups', with a leading layer axis) as
-    layer_<i> / group_<i> entries, numbered after any unscanned ones already beside them."""
-    if not isinstance(params, dict):
-        return params
-    out = {key: unroll_layers(value) for key, value in params.items() if key not in SCANNED}
-    for scanned, prefix in SCANNED.items():
-        if scanned in params:
-            offset = sum(key.startswith(f"{prefix}_") for key in params)
-            count = jax.tree.leaves(params[scanned])[0].shape[0]
-            for i in range(count):
-                out[f"{prefix}_{offset + i}"] = unroll_layers(jax.tree.map(lambda x, i=i: x[i], params[scanned]))
-    return out
-
-
 class Decoder:
     """Feeds tokens [batch, n] at the next positions and returns their logits [batch, n, vocab].
 
     `capacity` bounds the total tokens fed (the KV cache size for softmax attention)."""
 
     def __init__(self, cfg: ModelConfig, params, capacity: int):
-        cfg = dataclasses.replace(cfg, seq_len=capacity, scan_layers=False, remat="none")
+        cfg = dataclasses.replace(cfg, seq_len=capacity, remat="none")
         self.model = get_architecture(cfg.arch).model(cfg)
-        self.params = unroll_layers(params)
+        self.params = params
         self.capacity = capacity
         self.cache = {}
         self.position = 0
@@ -51,7 +33,7 @@ class Decoder:
     def _apply(self, params, cache, tokens, start):
         variables = {"params": params, **({"cache": cache} if cache else {})}
         positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
-        logits, updated = self.model.apply(variables, tokens, positions, mutable=["cache"])
+        logits, updated = self.model.apply(variables, tokens, positions, autoregressive=True, mutable=["cache"])
         return logits, updated["cache"]
 
     def __call__(self, tokens: jax.Array) -> jax.Array:

@@ -8,8 +8,8 @@ Rule (deterministic, documented so sweeps are reproducible):
   the flat optimum of Kaplan et al. (2020, fig. 5: loss within ~1% over ratios 20..200);
 - the chosen one minimises |ln(N / target)| + 0.25 |ln(ratio / 64)|: nearest in size, and among
   near-equal sizes the one closest to the aspect ratio 64 of the Chinchilla table's small models;
-- an architecture may need a minimum depth (`ModelConfig.min_layers`: a Switch model has at least
-  moe_every blocks, so that one of them has experts).
+- an architecture may need a minimum depth (`ArchOptions.min_layers`, e.g. enough blocks for one
+  of them to hold its special layer).
 Sizes run from 49k (d=64, L=1) to ~10B (d=3776, L=59) non-embedding parameters; the density of
 the family at small sizes (varying depth and width) keeps tiny sweeps' points distinct.
 """
@@ -49,7 +49,7 @@ def _candidates() -> tuple[tuple[int, int, int], ...]:
 
 def shape_for_params(target: float, base: ModelConfig = ModelConfig()) -> ModelConfig:
     """The family member for `target` non-embedding parameters, among those with at least
-    `base.min_layers` blocks; other fields come from `base`."""
+    `base.options.min_layers()` blocks; other fields come from `base`."""
     if not (MIN_PARAMS <= target <= MAX_PARAMS):
         raise UsageError("--size", f"choose a size between {MIN_PARAMS:.0e} and {MAX_PARAMS:.0e} parameters")
 
@@ -57,9 +57,10 @@ def shape_for_params(target: float, base: ModelConfig = ModelConfig()) -> ModelC
         params, layers, d = candidate
         return abs(math.log(params / target)) + 0.25 * abs(math.log(d / layers / ASPECT_RATIO))
 
-    candidates = [c for c in _candidates() if c[1] >= base.min_layers]
+    candidates = [c for c in _candidates() if c[1] >= base.options.min_layers()]
     if not candidates:
-        raise UsageError("--moe_every", f"the size family has at most {_candidates()[-1][1]} blocks; choose fewer")
+        raise UsageError(base.options.depth_flag, f"the size family has at most {_candidates()[-1][1]} blocks; "
+                                                  "choose fewer")
     _, n_layers, d_model = min(candidates, key=score)
     return dataclasses.replace(
         base, d_model=d_model, n_layers=n_layers, n_heads=d_model // HEAD_DIM, d_ff=d_ff_for(d_model)

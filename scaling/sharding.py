@@ -39,7 +39,8 @@ def batch_ways(mesh: Mesh) -> int:
 
 
 def check_fits(mesh: Mesh, cfg: ModelConfig, batch_size: int) -> None:
-    """UsageError unless the model and batch divide evenly over the mesh."""
+    """UsageError unless the batch and the model-parallel dimensions divide evenly over the mesh
+    (an architecture adds its own checks: Architecture.check_mesh)."""
     ways = batch_ways(mesh)
     if batch_size % ways:
         raise UsageError("--batch_size", f"{batch_size} is not divisible by data x expert = {ways} mesh ways")
@@ -47,23 +48,6 @@ def check_fits(mesh: Mesh, cfg: ModelConfig, batch_size: int) -> None:
     for name, size in (("n_heads", cfg.n_heads), ("d_ff", cfg.d_ff), ("vocab_size", cfg.vocab_size)):
         if size % model_ways:
             raise UsageError("--mesh", f"model={model_ways} does not divide {name}={size}; pick a model axis that does")
-    if cfg.arch == "switch":
-        check_experts_fit(mesh, cfg, batch_size)
-
-
-def check_experts_fit(mesh: Mesh, cfg: ModelConfig, batch_size: int) -> None:
-    """UsageError unless experts divide over 'expert' and routing groups tile the batch and its shards."""
-    if cfg.num_experts % mesh.shape["expert"]:
-        ways = mesh.shape["expert"]
-        raise UsageError("--num_experts", f"{cfg.num_experts} is not divisible by the expert mesh axis {ways}")
-    tokens = batch_size * cfg.seq_len
-    size = min(cfg.group_size, tokens)
-    if tokens % size or (tokens // size) % batch_ways(mesh):
-        raise UsageError(
-            "--group_size",
-            f"{cfg.group_size} must divide the {tokens} tokens per batch into a multiple of data x expert = "
-            f"{batch_ways(mesh)} groups; e.g. --group_size={tokens // batch_ways(mesh)}",
-        )
 
 
 def logical_shardings(boxed_tree, mesh: Mesh):

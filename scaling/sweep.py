@@ -16,9 +16,9 @@ from scaling import analysis, data, sharding
 from scaling.benchmark import time_train_step
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.flops import CONVENTION
-from scaling.models.registry import get_architecture
+from scaling.models.registry import get_architecture, model_config_from_dict
 from scaling.shapes import MAX_PARAMS, MIN_PARAMS, shape_for_params
-from scaling.train.loop import train
+from scaling.train.loop import LAYOUT, train
 
 TOKENS_PER_PARAM = 20
 SPAN = 4.0
@@ -108,33 +108,35 @@ def _smallest_curve_budget(base: ModelConfig, num_sizes: int, batch_size: int | 
 
 def plan_sweep(
     budget: float,
-    archs: list[str],
+    bases: list[ModelConfig],
     num_sizes: int,
-    base: ModelConfig,
     train_base: TrainConfig,
     batch_size: int | None = None,
     learning_rate: float | None = None,
 ) -> dict:
-    """The sweep's runs: per architecture, `num_sizes` shapes around the expected optimum."""
+    """The sweep's runs: per architecture (one base config each, giving its options, sequence length
+    and numerics), `num_sizes` shapes around the expected optimum."""
     if not (math.isfinite(budget) and budget > 0):
         raise UsageError("--budget", f"must be a positive finite number of FLOPs (e.g. 1e13), got {budget}")
     if num_sizes < 3:
         raise UsageError("--num_sizes", "a parabola needs at least 3 sizes")
     runs = []
-    for arch in archs:
-        arch_base = dataclasses.replace(base, arch=arch)
+    for arch_base in bases:
+        arch = arch_base.arch
         arch_runs = _arch_runs(budget, arch_base, num_sizes, train_base, batch_size, learning_rate)
         if len(arch_runs) < 3:
             need = _smallest_curve_budget(arch_base, num_sizes, batch_size)
             what = "cannot train even the smallest model one step" if not arch_runs else "leaves fewer than 3 sizes"
-            fix = f"use at least {need:.2g}" + (" or a smaller --moe_every" if arch_base.min_layers > 1 else "")
+            depth = arch_base.options
+            fix = f"use at least {need:.2g}" + (f" or a smaller {depth.depth_flag}" if depth.min_layers() > 1 else "")
             raise UsageError("--budget", f"{budget:.3g} FLOPs {what} for {arch}; {fix}")
         runs += arch_runs
     return {
+        "layout": LAYOUT,
         "budget": budget,
-        "archs": archs,
+        "archs": [base.arch for base in bases],
         "num_sizes": num_sizes,
-        "seq_len": base.seq_len,
+        "seq_len": bases[0].seq_len,
         "data": train_base.data,
         "flops_convention": CONVENTION,
         "runs": runs,
@@ -150,7 +152,7 @@ def estimate_seconds(plan: dict, mesh_cfg: MeshConfig) -> dict[str, float]:
     FLOP/s; larger models and batches usually run at a higher FLOP/s, so the estimate errs long.
     """
     smallest = min(plan["runs"], key=lambda r: r["flops_per_token"])
-    model_cfg = ModelConfig(**smallest["model"])
+    model_cfg = model_config_from_dict(smallest["model"])
     mesh = sharding.make_mesh(mesh_cfg)
     ways = sharding.batch_ways(mesh)
     per_sequence = smallest["flops_per_token"] * model_cfg.seq_len
@@ -194,7 +196,8 @@ def check_mesh(plan: dict, mesh_cfg: MeshConfig) -> None:
     """UsageError unless every planned model and batch divides over the mesh."""
     mesh = sharding.make_mesh(mesh_cfg)
     for run in plan["runs"]:
-        sharding.check_fits(mesh, ModelConfig(**run["model"]), run["train"]["batch_size"])
+        model_cfg = model_config_from_dict(run["model"])
+        get_architecture(model_cfg.arch).check_fits(mesh, model_cfg, run["train"]["batch_size"])
 
 
 def check_workdir(workdir: str, plan: dict) -> None:
@@ -202,12 +205,13 @@ def check_workdir(workdir: str, plan: dict) -> None:
     path = os.path.join(workdir, "plan.json")
     if os.path.exists(path):
         with open(path) as f:
-            if json.load(f) != json.loads(json.dumps(plan)):
-                raise UsageError(
-                    "--workdir",
-                    f"{workdir} holds a sweep with a different plan; re-run its original command to resume it, "
-                    "or choose a new --workdir",
-                )
+            existing = json.load(f)
+        if existing.get("layout") != LAYOUT:
+            raise UsageError("--workdir", f"{workdir} holds a sweep written by an earlier version of this toolkit "
+                                          "(another parameter layout); choose a new --workdir")
+        if existing != json.loads(json.dumps(plan)):
+            raise UsageError("--workdir", f"{workdir} holds a sweep with a different plan; re-run its original "
+                                          "command to resume it, or choose a new --workdir")
 
 
 def write_plan(workdir: str, plan: dict) -> None:
@@ -259,7 +263,8 @@ def run_sweep(plan: dict, workdir: str, mesh_cfg: MeshConfig, log=print, x_key: 
             continue
         log(f"[{i + 1}/{len(plan['runs'])}] {run['run_id']}: {run['tokens']:.3g} tokens, {run['steps']} steps")
         summary = train(
-            ModelConfig(**run["model"]), TrainConfig(**run["train"]), mesh_cfg, os.path.join(workdir, "runs", run["run_id"])
+            model_config_from_dict(run["model"]), TrainConfig(**run["train"]), mesh_cfg,
+            os.path.join(workdir, "runs", run["run_id"]),
         )
         if jax.process_index() == 0:
             append_result(workdir, result_record(run, summary))

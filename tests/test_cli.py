@@ -42,6 +42,12 @@ def test_isoflop_bad_input(tmp_path, args, flag):
     assert not workdir.exists()
 
 
+@pytest.mark.parametrize("args, flag", [(["--b2", "1.0"], "--b2"), (["--tokens", "2000.5"], "--tokens")])
+def test_every_train_config_field_is_a_checked_flag(tmp_path, args, flag):
+    assert_usage_error(run("experiments.train", *args, "--workdir", str(tmp_path / "run")), flag)
+    assert not (tmp_path / "run").exists()
+
+
 def test_mesh_that_does_not_divide_heads(tmp_path):
     result = run("experiments.train", "--d_model", "128", "--n_heads", "2", "--mesh", "data=1,model=8",
                  "--workdir", str(tmp_path / "run"), devices=8)

@@ -8,14 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.distill import distill, student_params, switch_layers
-from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
-from scaling.models.registry import get_architecture
+from experiments.distill import distill
+from scaling.config import MeshConfig, TrainConfig, UsageError
+from scaling.models.registry import get_architecture, model_config
+from scaling.models.switch import dense_student_config, dense_student_params
+from scaling.nn.stack import layer_params
 from scaling.train.loop import train
 
-SWITCH = ModelConfig(
-    arch="switch", d_model=32, n_layers=3, n_heads=2, d_ff=64, seq_len=32, num_experts=4, group_size=32
-)
+SWITCH = model_config("switch", d_model=32, n_layers=3, n_heads=2, d_ff=64, seq_len=32, num_experts=4, group_size=32)
 TRAIN = TrainConfig(tokens=6 * 8 * 32, batch_size=8, learning_rate=1e-2, data="synthetic", eval_batches=1, log_every=2)
 MESH = MeshConfig(data=2, expert=4)
 
@@ -24,7 +24,7 @@ MESH = MeshConfig(data=2, expert=4)
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     teacher = train(SWITCH, TRAIN, MESH, str(root / "switch"))
-    baseline = train(dataclasses.replace(SWITCH, arch="gpt"), TRAIN, MESH, str(root / "gpt"))
+    baseline = train(dense_student_config(SWITCH), TRAIN, MESH, str(root / "gpt"))
     return root, teacher, baseline
 
 
@@ -38,18 +38,21 @@ def test_switch_run_logs_moe_metrics_and_counts(runs):
     assert teacher["params"] > teacher["active_params"] == get_architecture("switch").counts(SWITCH).active_params
 
 
-def test_student_starts_from_the_non_expert_weights():
-    teacher_cfg = dataclasses.replace(SWITCH, scan_layers=False)
+@pytest.mark.parametrize("scan", [True, False])
+def test_student_starts_from_the_non_expert_weights(scan):
+    teacher_cfg = dataclasses.replace(SWITCH, scan_layers=scan)
     tokens = np.zeros((1, SWITCH.seq_len), np.int32)
-    student_cfg = dataclasses.replace(teacher_cfg, arch="gpt")
+    student_cfg = dense_student_config(teacher_cfg)
     teacher = nn.unbox(jax.jit(get_architecture("switch").model(teacher_cfg).init)(jax.random.key(0), tokens))
     student = nn.unbox(jax.jit(get_architecture("gpt").model(student_cfg).init)(jax.random.key(1), tokens))
     teacher, student = teacher["params"], student["params"]
-    merged = student_params(student, teacher, teacher_cfg)
-    layers = switch_layers(teacher["blocks"], teacher_cfg)
-    block = lambda params, l: params["blocks"][f"layer_{l}"]["block"]
-    np.testing.assert_array_equal(block(merged, 1)["attn"]["qkv"]["kernel"], layers[1]["attn"]["qkv"]["kernel"])
-    np.testing.assert_array_equal(block(merged, 0)["mlp"]["down"]["kernel"], layers[0]["mlp"]["down"]["kernel"])
+    merged = dense_student_params(teacher_cfg, teacher, student_cfg, student)
+    taught = layer_params(teacher["blocks"], 3, 2)
+    block = lambda params, l: layer_params(params["blocks"], 3, 1)[l]
+    assert "moe" in taught[1] and "mlp" in taught[0] and "mlp" in taught[2]
+    np.testing.assert_array_equal(block(merged, 1)["attn"]["qkv"]["kernel"], taught[1]["attn"]["qkv"]["kernel"])
+    np.testing.assert_array_equal(block(merged, 0)["mlp"]["down"]["kernel"], taught[0]["mlp"]["down"]["kernel"])
+    np.testing.assert_array_equal(block(merged, 2)["mlp"]["down"]["kernel"], taught[2]["mlp"]["down"]["kernel"])
     np.testing.assert_array_equal(block(merged, 1)["mlp"]["down"]["kernel"], block(student, 1)["mlp"]["down"]["kernel"])
     np.testing.assert_array_equal(merged["embed"]["embedding"], teacher["embed"]["embedding"])
 
@@ -69,7 +72,7 @@ def test_distillation_reports_the_kept_fraction(runs):
 def test_interrupted_distillation_resumes_to_the_same_student(runs):
     root, _, _ = runs
     teacher, baseline, workdir = str(root / "switch"), str(root / "gpt"), root / "resumed"
-    assert distill(teacher, baseline, str(workdir), MESH, log_every=1, stop_step=3) is None
+    assert distill(teacher, baseline, str(workdir), MESH, log_every=1, max_steps=3) is None
     assert not os.path.exists(workdir / "summary.json")
     before = (workdir / "metrics.jsonl").read_text().splitlines()
     resumed = distill(teacher, baseline, str(workdir), MESH, log_every=1)

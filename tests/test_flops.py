@@ -4,22 +4,15 @@ import pytest
 
 from scaling import sharding
 from scaling.config import MeshConfig, ModelConfig, TrainConfig
-from scaling.benchmark import random_batch
 from scaling.models.registry import get_architecture
-from scaling.train.state import abstract_state, create_state
-from scaling.train.steps import jit_train_step
+from scaling.train.run import Run
 
 
 def compiled_step_flops(cfg: ModelConfig, batch_size: int) -> float:
     """FLOPs XLA counts for one train step on one device."""
-    arch = get_architecture(cfg.arch)
     mesh = sharding.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
-    model = arch.model(cfg)
-    tx, _ = arch.optimizer(TrainConfig(), 100)
-    _, shardings = abstract_state(model, tx, cfg, 0, mesh)
-    state = create_state(model, tx, cfg, 0, mesh, arch.post_step)
-    compiled = jit_train_step(model, tx, 0, arch.post_step, shardings, mesh).lower(state, random_batch(cfg, batch_size, mesh)).compile()
-    analysis = compiled.cost_analysis()
+    run = Run(cfg, TrainConfig(batch_size=batch_size, tokens=batch_size * cfg.seq_len), mesh, total_steps=100)
+    analysis = run.compile_train_step().cost_analysis()
     return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
 
 

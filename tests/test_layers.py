@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from scaling.config import ModelConfig, UsageError
-from scaling.flops import gpt_counts
-from scaling.models.gpt import GPT
+from scaling.models.gpt import GPT, gpt_counts
 from scaling.nn.norms import RMSNorm
 from scaling.nn.rope import apply_rope
 from scaling.shapes import nonembed_params, shape_for_params
@@ -64,8 +63,8 @@ def test_every_parameter_has_logical_axes_and_counts_match(tiny_model):
 def test_init_stds_follow_reference(tiny_model):
     cfg = dataclasses.replace(tiny_model, d_model=256, n_heads=4, d_ff=512, n_layers=8, scan_layers=False)
     params = nn.unbox(GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
-    assert np.std(params["blocks"]["layer_0"]["block"]["attn"]["qkv"]["kernel"]) == pytest.approx(0.02, rel=0.05)
-    assert np.std(params["blocks"]["layer_0"]["block"]["mlp"]["down"]["kernel"]) == pytest.approx(0.02 / 4, rel=0.05)
+    assert np.std(params["blocks"]["layers_0"]["block_0"]["attn"]["qkv"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+    assert np.std(params["blocks"]["layers_0"]["block_0"]["mlp"]["down"]["kernel"]) == pytest.approx(0.02 / 4, rel=0.05)
 
 
 def test_size_family_is_deterministic_monotone_and_covers_range():

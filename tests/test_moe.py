@@ -1,17 +1,15 @@
 """Properties of the Switch MoE layer (REFERENCE.md section 3): routing, capacity, losses, precision."""
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling.config import ModelConfig
-from scaling.nn.mlp import SwiGLU
+from scaling.models.registry import model_config
+from scaling.nn.mlp import GatedMLP
 from scaling.nn.moe import BALANCE_COEF, SwitchFFN, balance_loss, capacity, route
 
-CFG = ModelConfig(arch="switch", d_model=32, d_ff=64, num_experts=4, group_size=16, seq_len=16)
+CFG = model_config("switch", d_model=32, d_ff=64, num_experts=4, group_size=16, seq_len=16)
 
 
 def apply_layer(cfg, params, x, train=False):
@@ -40,13 +38,13 @@ def test_positions_are_an_exclusive_cumsum_and_overflow_is_dropped():
 
 
 def test_single_expert_with_room_for_all_equals_dense_swiglu():
-    cfg = dataclasses.replace(CFG, num_experts=1, capacity_factor=1.0, eval_capacity_factor=1.0)
+    cfg = CFG.replace(num_experts=1, capacity_factor=1.0, eval_capacity_factor=1.0)
     x = jax.random.normal(jax.random.key(1), (2, 16, 32))
     params = init_layer(cfg, x)
     experts = params["experts"]
     dense = {"up_gate": {"kernel": experts["up_gate"][0]}, "down": {"kernel": experts["down"][0]}}
     out, sown = apply_layer(cfg, params, x, train=True)
-    np.testing.assert_allclose(out, SwiGLU(cfg).apply({"params": dense}, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, GatedMLP(cfg).apply({"params": dense}, x), rtol=1e-5, atol=1e-6)
     assert float(sown["metrics"]["dropped_frac"][0]) == 0.0
 
 
@@ -54,7 +52,7 @@ def test_tokens_over_capacity_get_exactly_zero_output():
     x = jnp.abs(jax.random.normal(jax.random.key(2), (1, 16, 32))) + 0.1
     params = init_layer(CFG, x)
     params["router"] = jnp.zeros_like(params["router"]).at[:, 0].set(1.0)  # every token to expert 0
-    out, sown = apply_layer(dataclasses.replace(CFG, eval_capacity_factor=1.0), params, x)
+    out, sown = apply_layer(CFG.replace(eval_capacity_factor=1.0), params, x)
     kept = capacity(16, 4, 1.0)
     assert np.all(np.abs(np.asarray(out[0, :kept])).max(axis=-1) > 0)
     assert np.all(np.asarray(out[0, kept:]) == 0.0)
@@ -73,7 +71,7 @@ def test_balance_loss_is_alpha_for_a_uniform_router():
 
 
 def test_zero_router_sows_uniform_losses_and_metrics():
-    cfg = dataclasses.replace(CFG, router_z_loss=1e-3)
+    cfg = CFG.replace(router_z_loss=1e-3)
     x = jax.random.normal(jax.random.key(4), (2, 16, 32))
     params = init_layer(cfg, x)
     params["router"] = jnp.zeros_like(params["router"])
@@ -85,7 +83,7 @@ def test_zero_router_sows_uniform_losses_and_metrics():
 
 
 def test_bfloat16_compute_keeps_the_router_in_float32():
-    cfg = dataclasses.replace(CFG, dtype="bfloat16")
+    cfg = CFG.replace(dtype="bfloat16")
     x = jax.random.normal(jax.random.key(5), (2, 16, 32)).astype(jnp.bfloat16)
     params = init_layer(cfg, x)
     out, sown = SwitchFFN(cfg).apply(
@@ -110,7 +108,7 @@ def test_jitter_only_in_training():
 
 
 def test_init_is_the_scaled_truncated_normal():
-    cfg = dataclasses.replace(CFG, d_model=256, d_ff=512, num_experts=8)
+    cfg = CFG.replace(d_model=256, d_ff=512, num_experts=8)
     params = init_layer(cfg, jnp.zeros((1, 16, 256)))
     up, down = params["experts"]["up_gate"], params["experts"]["down"]
     assert up.shape == (8, 256, 2, 512) and down.shape == (8, 512, 256)

@@ -10,14 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_flops import compiled_step_flops
-from test_sharding import train_on_mesh
+from test_sharding import tiny_run, train_on_mesh
 
 from scaling import sharding
-from scaling.config import MeshConfig, ModelConfig, TrainConfig
+from scaling.config import MeshConfig, ModelConfig
 from scaling.models.ngpt import D_MODEL_AXIS, NGPT, normalize_matrices, scale_specs
 from scaling.models.registry import get_architecture
 from scaling.sample import Decoder
-from scaling.train.state import abstract_state, create_state
 
 CFG = ModelConfig(arch="ngpt", vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, seq_len=32)
 STEPS = 4
@@ -53,10 +52,7 @@ def single_device():
 
 
 def test_matrices_have_unit_norm_at_init():
-    arch = get_architecture("ngpt")
-    mesh = sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1])
-    tx, _ = arch.optimizer(TrainConfig(), 10)
-    assert_unit_norms(create_state(NGPT(CFG), tx, CFG, 0, mesh, arch.post_step).params)
+    assert_unit_norms(tiny_run(CFG, MeshConfig(data=1), jax.devices()[:1]).init_state().params)
 
 
 def test_matrices_have_unit_norm_after_training(single_device):
@@ -70,20 +66,19 @@ def test_sharded_losses_equal_single_device(single_device, mesh):
     expected, _ = single_device
     losses, state = train_on_mesh(CFG, MeshConfig(*mesh), steps=STEPS)
     np.testing.assert_allclose(losses, expected, rtol=1e-4)
-    qkv = state.params["blocks"]["layers"]["block"]["attn"]["qkv"]["kernel"]
+    qkv = state.params["blocks"]["layers"]["block_0"]["attn"]["qkv"]["kernel"]
     assert sharding.shard_shapes(qkv) == {(CFG.n_layers, CFG.d_model, 3, CFG.n_heads // mesh[1], CFG.d_head)}
-    s_z = state.params["s_z"]["scale"]
+    s_z = state.params["logit_scale"]["s_z"]["scale"]
     assert sharding.shard_shapes(s_z) == {(CFG.vocab_size // mesh[1],)}
     assert_unit_norms(state.params)
 
 
 def test_renormalisation_needs_no_collectives():
     """The post-step on sharded parameters compiles to per-shard work: no gather, no reduction across devices."""
-    mesh = sharding.make_mesh(MeshConfig(data=2, model=4))
-    tx, _ = get_architecture("ngpt").optimizer(TrainConfig(), 10)
-    abstract, shardings = abstract_state(NGPT(CFG), tx, CFG, 0, mesh)
-    hlo = jax.jit(normalize_matrices, in_shardings=(shardings.params,), out_shardings=shardings.params).lower(
-        abstract.params).compile().as_text()
+    run = tiny_run(CFG, MeshConfig(data=2, model=4))
+    shardings = run.shardings.params
+    hlo = jax.jit(normalize_matrices, in_shardings=(shardings,), out_shardings=shardings).lower(
+        run.abstract_state.params).compile().as_text()
     for collective in ("all-gather", "all-reduce", "all-to-all", "collective-permute"):
         assert collective not in hlo
 

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from scaling.config import MeshConfig, ModelConfig
-from scaling.models.registry import get_architecture
+from scaling.config import MeshConfig
+from scaling.models.registry import get_architecture, model_config
 from scaling.sample import Decoder, choose, sample
 from scaling.train.loop import train
 
@@ -18,13 +18,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTH, PREFILL = 12, 5
 
 CONFIGS = {
-    "gpt": ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16),
+    "gpt": model_config("gpt", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16),
     # Prefill 2 x 5 tokens route in groups of 5, steps in groups of 2, the full pass in groups of 8;
     # an eval capacity of 4x the fair share keeps every token, so all three agree.
-    "switch": ModelConfig(arch="switch", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16,
-                          num_experts=4, group_size=8, eval_capacity_factor=4.0),
-    "tnl": ModelConfig(arch="tnl", vocab_size=256, d_model=32, n_layers=3, n_heads=2, d_ff=64, seq_len=16,
-                       chunk_size=4, lrpe=True),
+    "switch": model_config("switch", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16,
+                           num_experts=4, group_size=8, eval_capacity_factor=4.0),
+    "tnl": model_config("tnl", vocab_size=256, d_model=32, n_layers=3, n_heads=2, d_ff=64, seq_len=16,
+                        chunk_size=4, lrpe=True),
 }
 
 

@@ -3,37 +3,33 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling import data, sharding
+from scaling import sharding
 from scaling.config import MeshConfig, TrainConfig, UsageError
 from scaling.models.gpt import GPT
-from scaling.models.registry import get_architecture
-from scaling.train.state import abstract_state, create_state
-from scaling.train.steps import jit_train_step
+from scaling.nn.stack import layer_params, stack_params
+from scaling.train.run import Run
 
 STEPS = 3
 
 
+def tiny_run(cfg, mesh_cfg, devices=None, batch_size=8) -> Run:
+    """A 10-step run of `cfg` on synthetic data (lr 1e-2, no warmup) over the given mesh."""
+    train_cfg = TrainConfig(learning_rate=1e-2, warmup_frac=0.0, batch_size=batch_size,
+                            tokens=10 * batch_size * cfg.seq_len, data="synthetic")
+    return Run(cfg, train_cfg, sharding.make_mesh(mesh_cfg, devices))
+
+
 def train_on_mesh(cfg, mesh_cfg, devices=None, steps=STEPS):
-    """(per-step losses, final state) of a few AdamW steps on synthetic data over the given mesh."""
-    arch = get_architecture(cfg.arch)
-    mesh = sharding.make_mesh(mesh_cfg, devices)
-    model = arch.model(cfg)
-    tx, _ = arch.optimizer(TrainConfig(learning_rate=1e-2, warmup_frac=0.0), 10)
-    _, shardings = abstract_state(model, tx, cfg, 0, mesh)
-    state = create_state(model, tx, cfg, 0, mesh, arch.post_step)
-    loader = data.BatchLoader(
-        data.make_source("synthetic", "train", cfg.seq_len), global_batch_size=8, seed=0,
-        sharding=sharding.batch_sharding(mesh),
-    )
-    step = jit_train_step(model, tx, 0, arch.post_step, shardings, mesh)
+    """(per-step losses, final state) of a few steps on synthetic data over the given mesh."""
+    run = tiny_run(cfg, mesh_cfg, devices)
+    state, loader, step = run.init_state(), run.loader(), run.train_step()
     losses = []
-    with sharding.activate(mesh):
+    with sharding.activate(run.mesh):
         for i in range(steps):
-            state, metrics = step(state, loader(i))
+            state, metrics = step(state, loader(i), None)
             losses.append(float(metrics["loss"]))
     return losses, state
 
@@ -56,10 +52,10 @@ def test_sharded_losses_equal_single_device(tiny_model, single_device, mesh):
     losses, state = train_on_mesh(tiny_model, MeshConfig(*mesh))
     np.testing.assert_allclose(losses, expected, rtol=1e-4)
     assert losses[-1] < losses[0]
-    qkv = state.params["blocks"]["layers"]["block"]["attn"]["qkv"]["kernel"]
+    qkv = state.params["blocks"]["layers"]["block_0"]["attn"]["qkv"]["kernel"]
     layers, d, _, heads, d_head = qkv.shape
     assert sharding.shard_shapes(qkv) == {(layers, d, 3, heads // mesh[1], d_head)}
-    up_gate = state.params["blocks"]["layers"]["block"]["mlp"]["up_gate"]["kernel"]
+    up_gate = state.params["blocks"]["layers"]["block_0"]["mlp"]["up_gate"]["kernel"]
     assert sharding.shard_shapes(up_gate) == {(layers, d, 2, tiny_model.d_ff // mesh[1])}
     mu = state.opt_state[1][0].mu["head"]["unembed"]["kernel"]
     assert sharding.shard_shapes(mu) == {(d, tiny_model.vocab_size // mesh[1])}
@@ -76,8 +72,8 @@ def test_scanned_and_unrolled_stacks_compute_the_same_function(tiny_model):
     unrolled_cfg = dataclasses.replace(tiny_model, scan_layers=False)
     tokens = jax.random.randint(jax.random.key(0), (2, tiny_model.seq_len), 0, tiny_model.vocab_size)
     params = nn.unbox(GPT(unrolled_cfg).init(jax.random.key(1), tokens)["params"])
-    layers = [params["blocks"][f"layer_{i}"] for i in range(tiny_model.n_layers)]
-    scanned = {**params, "blocks": {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}}
+    assert set(params["blocks"]) == {f"layers_{i}" for i in range(tiny_model.n_layers)}
+    scanned = {**params, "blocks": stack_params(layer_params(params["blocks"], tiny_model.n_layers, 1), 1)}
     np.testing.assert_allclose(
         GPT(tiny_model).apply({"params": scanned}, tokens), GPT(unrolled_cfg).apply({"params": params}, tokens),
         rtol=1e-5, atol=1e-5,

@@ -7,7 +7,7 @@ import pytest
 
 from scaling import sweep
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
-from scaling.models.registry import get_architecture
+from scaling.models.registry import get_architecture, model_config, model_config_from_dict
 
 RESULT_KEYS = {"run_id", "arch", "budget", "params", "nonembed_params", "active_params", "flops_per_token", "tokens",
                "steps", "seq_len", "batch_size", "final_train_loss", "final_eval_loss", "wall_s", "flops_convention",
@@ -15,7 +15,7 @@ RESULT_KEYS = {"run_id", "arch", "budget", "params", "nonembed_params", "active_
 
 
 def test_plan_at_6e18_is_chinchilla_like():
-    plan = sweep.plan_sweep(6e18, ["gpt"], 7, ModelConfig(seq_len=1024), TrainConfig())
+    plan = sweep.plan_sweep(6e18, [ModelConfig(seq_len=1024)], 7, TrainConfig())
     runs = plan["runs"]
     params = [r["nonembed_params"] for r in runs]
     assert len(runs) == 7 and params == sorted(params)
@@ -28,7 +28,7 @@ def test_plan_at_6e18_is_chinchilla_like():
     for run in runs:
         assert run["tokens"] * run["flops_per_token"] == pytest.approx(6e18, rel=1e-6)
         assert run["train"]["batch_size"] == 512 and run["steps"] > 1000
-    assert plan == sweep.plan_sweep(6e18, ["gpt"], 7, ModelConfig(seq_len=1024), TrainConfig())
+    assert plan == sweep.plan_sweep(6e18, [ModelConfig(seq_len=1024)], 7, TrainConfig())
 
 
 def test_optimal_size_solves_the_budget_equation():
@@ -43,25 +43,25 @@ def test_optimal_size_solves_the_budget_equation():
 @pytest.mark.parametrize("budget", [0.0, -1.0, math.nan, math.inf])
 def test_budget_must_be_positive_and_finite(budget):
     with pytest.raises(UsageError, match="--budget"):
-        sweep.plan_sweep(budget, ["gpt"], 5, ModelConfig(), TrainConfig())
+        sweep.plan_sweep(budget, [ModelConfig()], 5, TrainConfig())
 
 
 def test_too_small_budget_names_the_minimum():
     with pytest.raises(UsageError, match=r"--budget: .*use at least (\S+)") as error:
-        sweep.plan_sweep(1e9, ["gpt"], 5, ModelConfig(seq_len=128), TrainConfig())
+        sweep.plan_sweep(1e9, [ModelConfig(seq_len=128)], 5, TrainConfig())
     minimum = float(str(error.value).rsplit(" ", 1)[-1])
-    assert len(sweep.plan_sweep(minimum, ["gpt"], 5, ModelConfig(seq_len=128), TrainConfig())["runs"]) >= 3
+    assert len(sweep.plan_sweep(minimum, [ModelConfig(seq_len=128)], 5, TrainConfig())["runs"]) >= 3
 
 
 def test_switch_plans_only_shapes_with_an_expert_block_at_the_lr_of_its_active_size():
-    base = ModelConfig(arch="switch", seq_len=128, moe_every=2)
+    base = model_config("switch", seq_len=128, moe_every=2)
     with pytest.raises(UsageError, match=r"use at least (\S+) or a smaller --moe_every") as error:
-        sweep.plan_sweep(3e12, ["switch"], 5, base, TrainConfig())
+        sweep.plan_sweep(3e12, [base], 5, TrainConfig())
     minimum = float(str(error.value).split("use at least ")[1].split()[0])
-    runs = sweep.plan_sweep(minimum, ["switch"], 5, base, TrainConfig())["runs"]
+    runs = sweep.plan_sweep(minimum, [base], 5, TrainConfig())["runs"]
     assert len(runs) >= 3
     for run in runs:
-        shape = ModelConfig(**run["model"])
+        shape = model_config_from_dict(run["model"])
         assert shape.n_layers >= 2
         dense = sweep.kaplan_learning_rate(get_architecture("gpt").counts(shape).nonembed_params)
         assert run["train"]["learning_rate"] == pytest.approx(dense, rel=0.01)  # not the total size's lower LR
@@ -69,7 +69,7 @@ def test_switch_plans_only_shapes_with_an_expert_block_at_the_lr_of_its_active_s
 
 def small_plan(tmp_budget=2e12):
     """A real plan whose runs are cut to a few steps each, to exercise execution quickly."""
-    plan = sweep.plan_sweep(tmp_budget, ["gpt"], 3, ModelConfig(seq_len=32), TrainConfig(data="synthetic"), batch_size=8)
+    plan = sweep.plan_sweep(tmp_budget, [ModelConfig(seq_len=32)], 3, TrainConfig(data="synthetic"), batch_size=8)
     for run in plan["runs"]:
         run["train"].update(tokens=6 * 8 * 32, eval_every=3, eval_batches=1, log_every=3)
         run["tokens"], run["steps"] = 6 * 8 * 32, 6
@@ -108,7 +108,7 @@ def test_partial_sweep_resumes_the_interrupted_run(tmp_path):
 
     first = plan["runs"][0]
     run_dir = os.path.join(workdir, "runs", first["run_id"])
-    train(ModelConfig(**first["model"]), TrainConfig(**first["train"]), MeshConfig(), run_dir, max_steps=3)
+    train(model_config_from_dict(first["model"]), TrainConfig(**first["train"]), MeshConfig(), run_dir, max_steps=3)
     sweep.run_sweep(plan, workdir, MeshConfig(), log=lambda line: None)
     steps = [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert steps == [3, 6]

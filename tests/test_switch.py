@@ -1,56 +1,37 @@
 """The `switch` architecture: expert parallelism over the mesh, FLOP accounting, stack layout, bad input."""
-import dataclasses
 import os
 import subprocess
 import sys
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_flops import compiled_step_flops
+from test_sharding import tiny_run
 
-from scaling import data, sharding
-from scaling.benchmark import random_batch
-from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
-from scaling.models.registry import get_architecture
+from scaling import sharding
+from scaling.config import MeshConfig, UsageError
+from scaling.models.registry import get_architecture, model_config
 from scaling.models.switch import Switch
-from scaling.train.state import abstract_state, create_state
-from scaling.train.steps import jit_train_step
+from scaling.nn.stack import layer_params, stack_params
 
 # Capacity factor 1.0 with 32-token groups over 8 experts: 4 slots each, so tokens are dropped.
-CFG = ModelConfig(
-    arch="switch", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=32,
+CFG = model_config(
+    "switch", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=32,
     num_experts=8, capacity_factor=1.0, group_size=32,
 )
 MESHES = [(8, 1, 1), (2, 1, 4), (1, 1, 8), (2, 2, 2)]
 
 
-def compile_on_mesh(cfg, mesh_cfg, devices=None):
-    """(mesh, compiled train step, initial state, loader) for a batch of 8 synthetic sequences."""
-    arch = get_architecture(cfg.arch)
-    mesh = sharding.make_mesh(mesh_cfg, devices)
-    sharding.check_fits(mesh, cfg, 8)
-    model = arch.model(cfg)
-    tx, _ = arch.optimizer(TrainConfig(learning_rate=1e-2, warmup_frac=0.0), 10)
-    _, shardings = abstract_state(model, tx, cfg, 0, mesh)
-    state = create_state(model, tx, cfg, 0, mesh)
-    loader = data.BatchLoader(
-        data.make_source("synthetic", "train", cfg.seq_len), global_batch_size=8, seed=0,
-        sharding=sharding.batch_sharding(mesh),
-    )
-    with sharding.activate(mesh):
-        step = jit_train_step(model, tx, 0, None, shardings, mesh).lower(state, loader(0)).compile()
-    return mesh, step, state, loader
-
-
 def train_on_mesh(mesh_cfg, devices=None, steps=3):
     """(per-step metrics, final state, compiled HLO text) of a few steps."""
-    mesh, step, state, loader = compile_on_mesh(CFG, mesh_cfg, devices)
+    run = tiny_run(CFG, mesh_cfg, devices)
+    state, loader, step = run.init_state(), run.loader(), run.compile_train_step()
     history = []
-    with sharding.activate(mesh):
+    with sharding.activate(run.mesh):
         for i in range(steps):
-            state, metrics = step(state, loader(i))
+            state, metrics = step(state, loader(i), None)
             history.append(jax.device_get(metrics))
     return history, state, step.as_text()
 
@@ -67,7 +48,7 @@ def test_expert_parallel_losses_equal_single_device(single_device, mesh):
     assert min(m["dropped_frac"] for m in expected) > 0
     for key in ("loss", "balance_loss", "dropped_frac", "expert_load/3"):
         np.testing.assert_allclose([m[key] for m in history], [m[key] for m in expected], rtol=1e-4, err_msg=key)
-    moe = state.params["blocks"]["groups"]["switch"]["moe"]
+    moe = state.params["blocks"]["layers"]["block_1"]["moe"]
     layers, experts, d, _, d_ff = moe["experts"]["up_gate"].shape
     data_ways, model_ways, expert_ways = mesh
     local_experts, local_ff = experts // expert_ways, d_ff // model_ways
@@ -79,19 +60,19 @@ def test_expert_parallel_losses_equal_single_device(single_device, mesh):
 
 def test_metrics_report_every_expert_load(single_device):
     metrics = single_device[0][0]
-    assert sum(metrics[f"expert_load/{i}"] for i in range(CFG.num_experts)) == pytest.approx(1.0)
+    assert sum(metrics[f"expert_load/{i}"] for i in range(CFG.options.num_experts)) == pytest.approx(1.0)
     assert {"balance_loss", "dropped_frac", "router_entropy"} <= set(metrics)
 
 
 def test_scanned_and_unrolled_stacks_compute_the_same_function():
-    cfg = dataclasses.replace(CFG, n_layers=5, moe_every=2, capacity_factor=2.0)
-    unrolled = dataclasses.replace(cfg, scan_layers=False)
+    cfg = CFG.replace(n_layers=5, moe_every=2, capacity_factor=2.0)
+    unrolled = cfg.replace(scan_layers=False)
     tokens = jax.random.randint(jax.random.key(0), (2, cfg.seq_len), 0, cfg.vocab_size)
     params = nn.unbox(jax.jit(Switch(unrolled).init)(jax.random.key(1), tokens)["params"])
     blocks = params["blocks"]
-    groups = jax.tree.map(lambda *xs: jnp.stack(xs), blocks["group_0"], blocks["group_1"])
-    scanned = {**params, "blocks": {"groups": groups, "tail": blocks["tail"]}}
-    assert set(blocks["group_0"]) == {"dense_0", "switch"} and set(blocks["tail"]) == {"dense_0"}
+    scanned = {**params, "blocks": stack_params(layer_params(blocks, 5, 2), 2)}
+    assert "moe" in blocks["layers_0"]["block_1"] and "moe" not in blocks["layers_0"]["block_0"]
+    assert set(blocks["tail"]) == {"block_0"} and "mlp" in blocks["tail"]["block_0"]
     np.testing.assert_allclose(
         jax.jit(Switch(cfg).apply)({"params": scanned}, tokens),
         jax.jit(Switch(unrolled).apply)({"params": params}, tokens),
@@ -103,8 +84,8 @@ def test_counts_active_and_total_parameters():
     counts = get_architecture("switch").counts(CFG)
     dense = get_architecture("gpt").counts(CFG)
     expert_mlp = 3 * CFG.d_model * CFG.d_ff
-    router = CFG.d_model * CFG.num_experts
-    assert counts.params == dense.params + (CFG.num_experts - 1) * expert_mlp + router
+    router = CFG.d_model * CFG.options.num_experts
+    assert counts.params == dense.params + (CFG.options.num_experts - 1) * expert_mlp + router
     assert counts.active_params == dense.params + router
     assert counts.flops_per_token > dense.flops_per_token
 
@@ -112,22 +93,12 @@ def test_counts_active_and_total_parameters():
 def test_analytic_flops_match_compiled_cost_analysis():
     # Unrolled layers: XLA's cost analysis counts a scanned (while-loop) body only once. Capacity factor
     # 1.0: XLA also counts the experts' idle slots (at 1.25 it is 9.8% above the analytic count).
-    cfg = ModelConfig(
-        arch="switch", d_model=256, n_layers=2, n_heads=4, d_ff=704, seq_len=128, vocab_size=256,
+    cfg = model_config(
+        "switch", d_model=256, n_layers=2, n_heads=4, d_ff=704, seq_len=128, vocab_size=256,
         num_experts=8, group_size=256, capacity_factor=1.0, scan_layers=False,
     )
-    batch = 4
-    mesh = sharding.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
-    arch = get_architecture("switch")
-    model = arch.model(cfg)
-    tx, _ = arch.optimizer(TrainConfig(), 100)
-    _, shardings = abstract_state(model, tx, cfg, 0, mesh)
-    state = create_state(model, tx, cfg, 0, mesh)
-    step = jit_train_step(model, tx, 0, None, shardings, mesh)
-    compiled = step.lower(state, random_batch(cfg, batch, mesh)).compile()
-    analysis = compiled.cost_analysis()
-    xla = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
-    analytic = arch.counts(cfg).flops_per_token * batch * cfg.seq_len
+    analytic = get_architecture("switch").counts(cfg).flops_per_token * 4 * cfg.seq_len
+    xla = compiled_step_flops(cfg, 4)
     assert xla == pytest.approx(analytic, rel=0.10), f"analytic {analytic:.4g} vs XLA {xla:.4g}"
 
 
@@ -141,7 +112,7 @@ def test_analytic_flops_match_compiled_cost_analysis():
 )
 def test_bad_expert_layouts_are_usage_errors(change, mesh, flag):
     with pytest.raises(UsageError) as error:
-        sharding.check_fits(sharding.make_mesh(mesh), dataclasses.replace(CFG, **change), 8)
+        get_architecture("switch").check_fits(sharding.make_mesh(mesh), CFG.replace(**change), 8)
     assert error.value.flag == flag
 
 
@@ -152,7 +123,7 @@ def test_bad_expert_layouts_are_usage_errors(change, mesh, flag):
 )
 def test_bad_moe_options_are_usage_errors(change, flag):
     with pytest.raises(UsageError) as error:
-        dataclasses.replace(CFG, **change).validate()
+        CFG.replace(**change).validate()
     assert error.value.flag == flag
 
 

@@ -13,17 +13,17 @@ from test_sharding import train_on_mesh
 
 from scaling import sharding
 from scaling.config import MeshConfig, ModelConfig
-from scaling.models.registry import get_architecture
+from scaling.models.registry import get_architecture, model_config
 from scaling.models.tnl import TNL, alibi_slopes, layer_decays
-from scaling.sample import unroll_layers
+from scaling.nn.stack import layer_params, stack_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def tnl_model() -> ModelConfig:
-    return ModelConfig(arch="tnl", vocab_size=256, d_model=64, n_layers=3, n_heads=4, d_ff=128, seq_len=32,
-                       chunk_size=8, lrpe=True)
+    return model_config("tnl", vocab_size=256, d_model=64, n_layers=3, n_heads=4, d_ff=128, seq_len=32,
+                        chunk_size=8, lrpe=True)
 
 
 def test_alibi_slopes_and_layer_decays():
@@ -40,12 +40,14 @@ def test_alibi_slopes_and_layer_decays():
 def test_scanned_and_unrolled_stacks_compute_the_same_function(tnl_model):
     tokens = jax.random.randint(jax.random.key(0), (2, tnl_model.seq_len), 0, 256)
     params = nn.unbox(TNL(tnl_model).init(jax.random.key(1), tokens)["params"])
-    assert params["blocks"]["layer_0"]["attn"]["lrpe"]["theta"].shape == (4, 16)
-    assert "lrpe" not in params["blocks"]["layers"]["attn"]
+    assert params["blocks"]["prefix_0"]["block_0"]["attn"]["lrpe"]["theta"].shape == (4, 16)
+    assert "lrpe" not in params["blocks"]["layers"]["block_0"]["attn"]
     unrolled_cfg = dataclasses.replace(tnl_model, scan_layers=False)
+    layers = layer_params(params["blocks"], 3, 1, prefix=1)
+    unrolled = {**params, "blocks": stack_params(layers, 1, prefix=1, scanned=False)}
     np.testing.assert_allclose(
         TNL(tnl_model).apply({"params": params}, tokens),
-        TNL(unrolled_cfg).apply({"params": unroll_layers(params)}, tokens), rtol=1e-5, atol=1e-5,
+        TNL(unrolled_cfg).apply({"params": unrolled}, tokens), rtol=1e-5, atol=1e-5,
     )
 
 
@@ -55,7 +57,7 @@ def test_sharded_training_equals_single_device(tnl_model, mesh):
     losses, state = train_on_mesh(tnl_model, MeshConfig(*mesh))
     np.testing.assert_allclose(losses, expected, rtol=1e-4)
     assert losses[-1] < losses[0]
-    qkvu = state.params["blocks"]["layers"]["attn"]["qkvu"]["kernel"]
+    qkvu = state.params["blocks"]["layers"]["block_0"]["attn"]["qkvu"]["kernel"]
     layers, d, _, heads, d_head = qkvu.shape
     assert sharding.shard_shapes(qkvu) == {(layers, d, 4, heads // mesh[1], d_head)}
 
@@ -70,7 +72,7 @@ def test_analytic_flops_match_compiled_cost_analysis(shape):
     # Unrolled layers: XLA counts a scanned body once. The chunk scans (forward state recurrence and
     # the backward dKV recurrence) hold no matmuls, only an elementwise multiply-add per chunk (not
     # counted by the convention), so every counted FLOP is outside a loop and XLA sees all of them.
-    cfg = ModelConfig(arch="tnl", vocab_size=256, n_layers=2, scan_layers=False, **shape)
+    cfg = model_config("tnl", vocab_size=256, n_layers=2, scan_layers=False, **shape)
     analytic = get_architecture("tnl").counts(cfg).flops_per_token * 4 * cfg.seq_len
     assert compiled_step_flops(cfg, 4) == pytest.approx(analytic, rel=0.10)
 

@@ -68,3 +68,12 @@ def test_refuses_a_workdir_holding_another_run(tiny_model, tiny_train, tmp_path)
     with pytest.raises(UsageError, match="--workdir"):
         train(dataclasses.replace(tiny_model, d_model=128, d_ff=256), tiny_train, MeshConfig(), run_dir)
     assert sorted(os.listdir(run_dir)) == before
+
+
+def test_refuses_a_run_written_by_the_previous_layout(tiny_model, tiny_train, tmp_path):
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"model": {"arch": "gpt", "num_experts": 8}}))
+    with pytest.raises(UsageError, match=f"--workdir: {run_dir} was written by an earlier version"):
+        train(tiny_model, tiny_train, MeshConfig(), str(run_dir))
+    assert sorted(os.listdir(run_dir)) == ["config.json"]

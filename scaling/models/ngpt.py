@@ -3,24 +3,24 @@
 Every vector that is dotted with, or written into, the hidden state has unit norm (kept so by
 `normalize_matrices` after every optimizer step), hidden states live on the unit sphere, and each
 block moves them by two "steps on the sphere" (eqs. 10-11) instead of adding residuals. No norm
-layers, no weight decay, no warmup (REFERENCE.md section 2). Layers the baseline shares (fused
-projections, RoPE, causal attention, embedding and head) are reused from scaling.nn.
+layers, no weight decay, no warmup (REFERENCE.md section 2). The shell, attention and gated MLP are
+the baseline's (scaling.nn) with nGPT's scaled vectors plugged into their hooks.
 """
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from scaling import flops
-from scaling.config import ModelConfig
-from scaling.models.gpt import default_positions
-from scaling.nn.attention import cached_attention, causal_attention, decoding
-from scaling.nn.embed import Embed, LMHead
-from scaling.nn.linear import dense
+from scaling.config import ModelConfig, TrainConfig
+from scaling.models.gpt import gpt_counts
+from scaling.nn.attention import CausalSelfAttention
+from scaling.nn.lm import LanguageModel
+from scaling.nn.mlp import GatedMLP
 from scaling.nn.normalize import Scale, l2_normalize
-from scaling.nn.rope import apply_rope
-from scaling.nn.stack import BlockStack
+from scaling.nn.stack import Context
 
 # The d_model axis of every matrix, counted from the end (so a leading scanned 'layers' axis does
 # not move it), keyed by the module that owns the kernel (or by the embedding table's name).
@@ -61,78 +61,63 @@ def sphere_step(h: jax.Array, branch: jax.Array, alpha: jax.Array) -> jax.Array:
     return l2_normalize(moved).astype(h.dtype)
 
 
-class NormalizedAttention(nn.Module):
-    """q, k, v = h W; RoPE; q, k <- s_qk * Norm(q), s_qk * Norm(k) per head; softmax scale sqrt(d_h) (eq. 16).
+class NormalizedQK(nn.Module):
+    """q, k <- s_qk * Norm(q), s_qk * Norm(k) per head (eq. 15-16), after RoPE."""
 
-    Decodes through the baseline's KV cache when applied with a mutable 'cache' (scaling.sample).
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        cfg = self.config
+        s_qk = scale(cfg, "s_qk", (cfg.n_heads, cfg.d_head), ("heads", "kv"))
+        return tuple((s_qk * l2_normalize(x)).astype(x.dtype) for x in (q, k))
+
+
+class ScaledUpGate(nn.Module):
+    """u <- s_u * u, v <- s_v * sqrt(d) * v before u * SiLU(v) (eq. 20-21)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, up: jax.Array, gate: jax.Array) -> tuple[jax.Array, jax.Array]:
+        cfg = self.config
+        s_u = scale(cfg, "s_u", (cfg.d_ff,), ("mlp",))
+        s_v = scale(cfg, "s_v", (cfg.d_ff,), ("mlp",)) * math.sqrt(cfg.d_model)
+        return up * s_u, gate * s_v
+
+
+class LogitScale(nn.Module):
+    """s_z [vocab]: logits = s_z * (E_out h), a cosine scaled per token (sec. 2.3)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        return scale(self.config, "s_z", (self.config.vocab_size,), ("vocab",))
+
+
+class Block(nn.Module):
+    """Two steps on the sphere: towards Norm(h_A) with alpha_A, then towards Norm(h_M) with alpha_M.
+
+    Attention: the shared layer with s_qk-scaled unit q and k and softmax scale sqrt(d_h) (eq. 16).
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, h: jax.Array, positions: jax.Array) -> jax.Array:
-        cfg = self.config
-        heads = (cfg.n_heads, cfg.d_head)
-        qkv = dense(cfg, (3,) + heads, ("embed", None, "heads", "kv"), name="qkv")(h)
-        s_qk = scale(cfg, "s_qk", heads, ("heads", "kv"))
-        q, k = (
-            nn.with_logical_constraint(
-                (s_qk * l2_normalize(apply_rope(x, positions, cfg.rope_base))).astype(h.dtype),
-                ("batch", "length", "heads", "kv"),
-            )
-            for x in (qkv[:, :, 0], qkv[:, :, 1])
-        )
-        if decoding(self):
-            out = cached_attention(self, q, k, qkv[:, :, 2], math.sqrt(cfg.d_head), cfg.seq_len)
-        else:
-            out = causal_attention(q, k, qkv[:, :, 2], math.sqrt(cfg.d_head))
-        return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), in_dims=2, name="out")(out)
-
-
-class NormalizedMLP(nn.Module):
-    """u = s_u * (h W_u), v = s_v * sqrt(d) * (h W_v); W_down (u * SiLU(v))  (eq. 20-21)."""
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, h: jax.Array) -> jax.Array:
-        cfg = self.config
-        up_gate = dense(cfg, (2, cfg.d_ff), ("embed", None, "mlp"), name="up_gate")(h)
-        s_u = scale(cfg, "s_u", (cfg.d_ff,), ("mlp",))
-        s_v = scale(cfg, "s_v", (cfg.d_ff,), ("mlp",)) * math.sqrt(cfg.d_model)
-        u, v = up_gate[:, :, 0] * s_u, up_gate[:, :, 1] * s_v
-        hidden = nn.with_logical_constraint((u * nn.silu(v)).astype(h.dtype), ("batch", "length", "mlp"))
-        return dense(cfg, cfg.d_model, ("mlp", "embed"), name="down")(hidden)
-
-
-class Block(nn.Module):
-    """Two steps on the sphere: towards Norm(h_A) with alpha_A, then towards Norm(h_M) with alpha_M."""
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, h: jax.Array, positions: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, h: jax.Array, context: Context) -> jax.Array:
         cfg = self.config
         alpha_attn = scale(cfg, "alpha_attn", (cfg.d_model,), ("embed",))
         alpha_mlp = scale(cfg, "alpha_mlp", (cfg.d_model,), ("embed",))
-        h = sphere_step(h, NormalizedAttention(cfg, name="attn")(h, positions), alpha_attn)
-        h = sphere_step(h, NormalizedMLP(cfg, name="mlp")(h), alpha_mlp)
+        attn = CausalSelfAttention(cfg, qk_norm=NormalizedQK, softmax_scale=math.sqrt(cfg.d_head), name="attn")
+        h = sphere_step(h, attn(h, context.positions, context.mask), alpha_attn)
+        h = sphere_step(h, GatedMLP(cfg, scales=ScaledUpGate, name="mlp")(h), alpha_mlp)
         return nn.with_logical_constraint(h, ("batch", "length", "embed"))
 
 
-class NGPT(nn.Module):
+def NGPT(config: ModelConfig) -> LanguageModel:  # noqa: N802 (a model constructor, used like a class)
     """tokens [batch, length] -> float32 logits s_z * (E_out h) [batch, length, vocab]; no norm layers."""
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, train: bool = False) -> jax.Array:
-        cfg = self.config
-        positions = default_positions(tokens) if positions is None else positions
-        h = Embed(cfg, name="embed")(tokens)
-        h = BlockStack(Block, cfg, name="blocks")(h, positions, train)
-        s_z = scale(cfg, "s_z", (cfg.vocab_size,), ("vocab",))
-        return nn.with_logical_constraint(s_z * LMHead(cfg, name="head")(h), ("batch", "length", "vocab"))
+    return LanguageModel(config, pattern=(Block,), final_norm=None, logit_scale=LogitScale)
 
 
 def _normalize_leaf(path, leaf: jax.Array) -> jax.Array:
@@ -172,10 +157,23 @@ def ngpt_counts(cfg: ModelConfig) -> flops.Counts:
     Parameters: the baseline's matrices, no norm gains; per block alpha_A, alpha_M (2 d), s_qk (H d_h),
     s_u, s_v (2 d_ff); s_z (V) belongs to the output head (an embedding parameter).
     """
-    base = flops.gpt_counts(cfg)
+    base = gpt_counts(cfg)
     gains = cfg.n_layers * 2 * cfg.d_model + cfg.d_model
     scales = cfg.n_layers * (2 * cfg.d_model + cfg.n_heads * cfg.d_head + 2 * cfg.d_ff)
     nonembed = base.nonembed_params - gains + scales
     total = nonembed + 2 * cfg.vocab_size * cfg.d_model + cfg.vocab_size
     flops_per_token = base.flops_per_token + 3.0 * normalization_flops_per_token(cfg)
     return flops.Counts(params=total, nonembed_params=nonembed, active_params=total, flops_per_token=flops_per_token)
+
+
+def optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """nGPT (REFERENCE.md section 2): Adam without weight decay or warmup, cosine decay to 0, clip 1.0.
+
+    `warmup_frac` and `weight_decay` are ignored: the unit-norm constraint replaces both.
+    """
+    schedule = optax.cosine_decay_schedule(cfg.learning_rate, max(total_steps, 1))
+    tx = optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+    )
+    return tx, schedule

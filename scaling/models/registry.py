@@ -1,7 +1,8 @@
-"""Architectures by name: the model, its FLOP accounting, its optimizer recipe and post-step hook.
+"""Architectures by name: everything the generic trainer, sweep, sampler and FLOP accounting need.
 
-Adding an architecture means adding one entry to ARCHITECTURES; the trainer, sweep, benchmark and
-FLOP accounting pick it up from here.
+Adding an architecture means writing its files (scaling/nn/<layer>.py if it needs a new layer,
+scaling/models/<name>.py with its blocks, model, options and counts) and adding one entry to
+ARCHITECTURES; nothing else names it (README, "Adding an architecture").
 """
 import dataclasses
 from typing import Any, Callable
@@ -9,31 +10,56 @@ from typing import Any, Callable
 import flax.linen as nn
 import optax
 
-from scaling import flops
-from scaling.config import ModelConfig, TrainConfig, UsageError
-from scaling.models.gpt import GPT
-from scaling.models.ngpt import NGPT, ngpt_counts, normalize_matrices
-from scaling.models.switch import Switch, switch_counts
-from scaling.models.tnl import TNL, tnl_counts
-from scaling.train import optimizers
+from scaling import flops, optimizers, sharding
+from scaling.config import ArchOptions, ModelConfig, TrainConfig, UsageError
+from scaling.models import gpt, ngpt, switch, tnl
+from scaling.nn import moe
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """How a run of this architecture seeds a dense student (Switch sec. 4): the student's config,
+    and its initial parameters (student_params(teacher_cfg, teacher, student_cfg, student))."""
+
+    student_config: Callable[[ModelConfig], ModelConfig]
+    student_params: Callable[[ModelConfig, Any, ModelConfig, Any], Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """What the generic trainer needs to know about one architecture."""
+    """One architecture: its model and counts, and the hooks the generic code calls.
+
+    options: its ArchOptions subclass (fields become flags; min_layers bounds the size family).
+    optimizer: (TrainConfig, total steps) -> (optax transformation, schedule).
+    post_step: params -> params after every optimizer step and at init (nGPT's renormalisation).
+    check_mesh: (mesh, config, batch size) -> None, a UsageError if the layout does not divide.
+    distillation: how its runs seed a dense student (experiments/distill.py), or None.
+    """
 
     name: str
     model: Callable[[ModelConfig], nn.Module]
     counts: Callable[[ModelConfig], flops.Counts]
+    options: type[ArchOptions] = ArchOptions
     optimizer: Callable[[TrainConfig, int], tuple[optax.GradientTransformation, optax.Schedule]] = optimizers.adamw
     post_step: Callable[[Any], Any] | None = None
+    check_mesh: Callable[[Any, ModelConfig, int], None] | None = None
+    distillation: Distillation | None = None
+
+    def check_fits(self, mesh, cfg: ModelConfig, batch_size: int) -> None:
+        """UsageError unless the model and batch divide evenly over the mesh."""
+        sharding.check_fits(mesh, cfg, batch_size)
+        if self.check_mesh is not None:
+            self.check_mesh(mesh, cfg, batch_size)
 
 
 ARCHITECTURES = {
-    "gpt": Architecture("gpt", GPT, flops.gpt_counts),
-    "ngpt": Architecture("ngpt", NGPT, ngpt_counts, optimizers.ngpt, normalize_matrices),
-    "switch": Architecture("switch", Switch, switch_counts),
-    "tnl": Architecture("tnl", TNL, tnl_counts),
+    "gpt": Architecture("gpt", gpt.GPT, gpt.gpt_counts),
+    "ngpt": Architecture("ngpt", ngpt.NGPT, ngpt.ngpt_counts, optimizer=ngpt.optimizer,
+                         post_step=ngpt.normalize_matrices),
+    "switch": Architecture("switch", switch.Switch, switch.switch_counts, switch.SwitchOptions,
+                           check_mesh=moe.check_mesh,
+                           distillation=Distillation(switch.dense_student_config, switch.dense_student_params)),
+    "tnl": Architecture("tnl", tnl.TNL, tnl.tnl_counts, tnl.TNLOptions),
 }
 
 
@@ -42,3 +68,17 @@ def get_architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
         raise UsageError("--arch", f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
+
+
+def model_config(arch: str = "gpt", **fields) -> ModelConfig:
+    """A ModelConfig of `arch` from flat fields: the generic ones and its options' (defaults elsewhere)."""
+    options_type = get_architecture(arch).options
+    own = {f.name for f in dataclasses.fields(options_type)}
+    options = options_type(**{k: v for k, v in fields.items() if k in own})
+    return ModelConfig(arch=arch, options=options, **{k: v for k, v in fields.items() if k not in own})
+
+
+def model_config_from_dict(record: dict) -> ModelConfig:
+    """The inverse of dataclasses.asdict(ModelConfig) (config.json, plan.json)."""
+    options = get_architecture(record["arch"]).options(**record.get("options", {}))
+    return ModelConfig(**{**record, "options": options})

@@ -5,10 +5,11 @@ x += GLA(SRMSNorm(x)); x += SGLU(SRMSNorm(x)); logits = W_out SRMSNorm(x)      (
 GLA (section 3.3): q = SiLU(x W_q), k = SiLU(x W_k), v = x W_v, u = x W_u (one fused kernel);
 o = causal linear attention with the fixed decay lambda_{h,l} (eq. 10, official code), no 1/sqrt(d);
 out = W_o (u * SRMSNorm(o)), SRMSNorm over the whole hidden dim. SGLU (section 3.3): W_3 (W_1 x * W_2 x).
-SRMSNorm (section 3.4) is RMSNorm without a gain. The per-layer decays enter the layer scan as scanned
-inputs, so `scan_layers` still compiles one block; with LRPE the first block (the only one with LRPE)
-is applied before the scan.
+SRMSNorm (section 3.4) is RMSNorm without a gain. Each block looks its decays up by its layer index,
+so `scan_layers` still compiles one block.
 """
+import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -17,15 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling import flops
-from scaling.config import ModelConfig, UsageError
-from scaling.models.gpt import default_positions
+from scaling.config import ArchOptions, ModelConfig, UsageError, option
 from scaling.nn.attention import decoding
-from scaling.nn.embed import Embed, LMHead
 from scaling.nn.linear import dense
 from scaling.nn.linear_attention import chunk_plan, linear_attention, recurrent
+from scaling.nn.lm import LanguageModel
 from scaling.nn.lrpe import LRPE
-from scaling.nn.norms import rms_normalize
-from scaling.nn.stack import REMAT_POLICIES
+from scaling.nn.mlp import GatedMLP
+from scaling.nn.norms import RMSNorm, rms_normalize
+from scaling.nn.stack import Context
 
 
 def alibi_slopes(n_heads: int) -> list[float]:
@@ -46,6 +47,19 @@ def layer_decays(n_heads: int, n_layers: int) -> np.ndarray:
     if not np.all((decays > 0) & (decays < 1)):
         raise UsageError("--n_heads", "these heads and layers give a decay outside (0, 1); use fewer heads")
     return decays
+
+
+@dataclasses.dataclass(frozen=True)
+class TNLOptions(ArchOptions):
+    """Lightning Attention's chunking and the optional LRPE first layer."""
+
+    chunk_size: int = option(64, "Lightning Attention chunk size, a power of two.")
+    lrpe: bool = option(False, "LRPE on the first layer.")
+
+    def validate(self, cfg: ModelConfig) -> None:
+        if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
+            raise UsageError("--chunk_size", "must be a power of two (e.g. 64)")
+        layer_decays(cfg.n_heads, cfg.n_layers)
 
 
 class GatedLinearAttention(nn.Module):
@@ -69,85 +83,32 @@ class GatedLinearAttention(nn.Module):
             state = self.variable("cache", "state", jnp.zeros, (x.shape[0], cfg.n_heads, q.shape[-1], cfg.d_head))
             o, state.value = recurrent(q, k, v, decay, state.value)
         else:
-            o = linear_attention(q, k, v, decay, form="chunked", chunk_size=cfg.chunk_size)
+            o = linear_attention(q, k, v, decay, form="chunked", chunk_size=cfg.options.chunk_size)
         o = rms_normalize(o.reshape(o.shape[:2] + (-1,))).reshape(u.shape)
         return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), in_dims=2, residual=True, name="out")(u * o)
 
 
-class SGLU(nn.Module):
-    """W_3 (W_1 x * W_2 x): a GLU without activation; W_1 and W_2 share one [d, 2, d_ff] kernel."""
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        cfg = self.config
-        up_gate = dense(cfg, (2, cfg.d_ff), ("embed", None, "mlp"), name="up_gate")(x)
-        hidden = nn.with_logical_constraint(up_gate[:, :, 0] * up_gate[:, :, 1], ("batch", "length", "mlp"))
-        return dense(cfg, cfg.d_model, ("mlp", "embed"), residual=True, name="down")(hidden)
-
-
 class Block(nn.Module):
-    """One TNL block, in the (carry, per-layer input) -> (carry, None) form that nn.scan expects."""
+    """One TNL block; its decays are row `context.layer` of the model's [layers, heads] table."""
 
     config: ModelConfig
     lrpe: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, decay: jax.Array):
-        x = x + GatedLinearAttention(self.config, self.lrpe, name="attn")(rms_normalize(x), positions, decay)
-        x = x + SGLU(self.config, name="mlp")(rms_normalize(x))
-        return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
-
-
-class Stack(nn.Module):
-    """The L blocks with their decays; scanned over 'layers' (after an unscanned LRPE block) or unrolled."""
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, context: Context) -> jax.Array:
         cfg = self.config
-        decays = jnp.asarray(layer_decays(cfg.n_heads, cfg.n_layers))
-        block = Block
-        if cfg.remat != "none":
-            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-        first = 1 if cfg.lrpe else 0
-        if not cfg.scan_layers:
-            for layer in range(cfg.n_layers):
-                x, _ = block(cfg, cfg.lrpe and layer == 0, name=f"layer_{layer}")(x, positions, decays[layer])
-            return x
-        if first:
-            x, _ = block(cfg, True, name="layer_0")(x, positions, decays[0])
-        if cfg.n_layers > first:
-            scanned = nn.scan(
-                block,
-                variable_axes={"params": 0, "cache": 0},
-                split_rngs={"params": True},
-                in_axes=(nn.broadcast, 0),
-                length=cfg.n_layers - first,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x, _ = scanned(cfg, name="layers")(x, positions, decays[first:])
-        return x
+        decay = jnp.asarray(layer_decays(cfg.n_heads, cfg.n_layers))[context.layer]
+        attn = GatedLinearAttention(cfg, self.lrpe, name="attn")
+        x = x + attn(rms_normalize(x), context.positions, decay)
+        x = x + GatedMLP(cfg, activation=None, name="mlp")(rms_normalize(x))
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
-class TNL(nn.Module):
-    """tokens [batch, length] -> float32 logits [batch, length, vocab]. `embed_scale` multiplies the
-    embedding by sqrt(d_model), the reference code's option (off by default)."""
-
-    config: ModelConfig
-    embed_scale: bool = False
-
-    @nn.compact
-    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, train: bool = False) -> jax.Array:
-        cfg = self.config
-        positions = default_positions(tokens) if positions is None else positions
-        x = Embed(cfg, name="embed")(tokens)
-        if self.embed_scale:
-            x = x * math.sqrt(cfg.d_model)
-        x = Stack(cfg, name="blocks")(x, positions)
-        return LMHead(cfg, name="head")(rms_normalize(x))
+def TNL(config: ModelConfig) -> LanguageModel:  # noqa: N802 (a model constructor, used like a class)
+    """tokens [batch, length] -> float32 logits [batch, length, vocab]; with LRPE, the first block
+    (the only one with LRPE) is the stack's unscanned prefix."""
+    prefix = (functools.partial(Block, lrpe=True),) if config.options.lrpe else ()
+    return LanguageModel(config, pattern=(Block,), prefix=prefix, final_norm=functools.partial(RMSNorm, use_scale=False))
 
 
 def linear_attention_flops_per_token(cfg: ModelConfig) -> float:
@@ -155,11 +116,11 @@ def linear_attention_flops_per_token(cfg: ModelConfig) -> float:
     forward 2c(d_k + d_v) + 4 d_k d_v (masked chunk product; state update and read-out), backward
     2c(3 d_k + 2 d_v) + 10 d_k d_v (Algorithm 2, which recomputes Q K^T and the states), per head
     and layer, times the zero padding of the last chunk; d_k doubles on the LRPE layer."""
-    c, n = chunk_plan(cfg.seq_len, cfg.chunk_size)
+    c, n = chunk_plan(cfg.seq_len, cfg.options.chunk_size)
     d_v = cfg.d_head
     total = 0.0
     for layer in range(cfg.n_layers):
-        d_k = 2 * cfg.d_head if cfg.lrpe and layer == 0 else cfg.d_head
+        d_k = 2 * cfg.d_head if cfg.options.lrpe and layer == 0 else cfg.d_head
         total += 2 * c * (4 * d_k + 3 * d_v) + 14 * d_k * d_v
     return total * cfg.n_heads * n * c / cfg.seq_len
 
@@ -171,7 +132,7 @@ def tnl_counts(cfg: ModelConfig) -> flops.Counts:
     d = cfg.d_model
     attn_proj = 5 * d * cfg.n_heads * cfg.d_head
     mlp = 3 * d * cfg.d_ff
-    lrpe = cfg.n_heads * cfg.d_head if cfg.lrpe else 0
+    lrpe = cfg.n_heads * cfg.d_head if cfg.options.lrpe else 0
     nonembed = cfg.n_layers * (attn_proj + mlp) + lrpe
     total = nonembed + 2 * cfg.vocab_size * d
     matmul = cfg.n_layers * (attn_proj + mlp) + d * cfg.vocab_size

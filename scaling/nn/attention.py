@@ -1,5 +1,7 @@
-"""Causal multi-head softmax attention with RoPE (Vaswani et al. 2017, eq. 1)."""
+"""Causal multi-head softmax attention with RoPE (Vaswani et al. 2017, eq. 1), shared by every
+softmax-attention architecture (nGPT's normalised q/k and scale are options)."""
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -9,19 +11,34 @@ from scaling.config import ModelConfig
 from scaling.nn.linear import dense
 from scaling.nn.rope import apply_rope
 
+FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
-    """softmax(scale * q k^T + causal mask) v, scores and softmax in float32.
 
-    q, k, v: [batch, length, heads, d_head]. The full T x T score matrix is computed (and counted by
-    scaling.flops); masked entries get -inf before the softmax.
+def _masked_softmax_attention(q, k, v, scale: float, visible: jax.Array) -> jax.Array:
+    """softmax(scale q k^T where visible, else -inf) v; scores and softmax in float32.
+
+    q [b, n, h, d], k and v [b, s, h, d], visible broadcastable to [b, h, n, s].
     """
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    length = q.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-    scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def causal_attention(q, k, v, scale: float, mask: jax.Array | None = None) -> jax.Array:
+    """Causal softmax attention over q, k, v [batch, length, heads, d_head].
+
+    `mask` [batch, length] (optional) removes tokens as keys. The full T x T score matrix is what
+    scaling.flops counts. Half-precision inputs on a GPU go to the fused kernel that
+    jax.nn.dot_product_attention selects (cuDNN flash attention where available).
+    """
+    if mask is None and q.dtype in FUSED_DTYPES and jax.default_backend() == "gpu":
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
+    length = q.shape[1]
+    visible = jnp.tril(jnp.ones((length, length), dtype=bool))
+    if mask is not None:
+        visible = visible & mask[:, None, None, :]
+    return _masked_softmax_attention(q, k, v, scale, visible)
 
 
 def decoding(module: nn.Module) -> bool:
@@ -30,47 +47,57 @@ def decoding(module: nn.Module) -> bool:
     return module.is_mutable_collection("cache") and not module.is_initializing()
 
 
-def cached_attention(module: nn.Module, q, k, v, scale: float, capacity: int) -> jax.Array:
+def cached_attention(module: nn.Module, q, k, v, scale: float, capacity: int, keep=None) -> jax.Array:
     """Causal attention of n new tokens over a KV cache of `capacity` slots (in module's 'cache').
 
     The new keys and values are written at the cache index; query i (absolute position index + i)
-    attends to the slots <= its position. Equal to `causal_attention` over the whole prefix.
+    attends to the slots <= its position that hold a kept token. `keep` [batch, n] (default all)
+    marks the new tokens later ones may attend to: a token that skipped a routed block is not in
+    that block's cache. Equal to `causal_attention` over the whole prefix.
     """
     batch, n, heads, d_head = k.shape
     keys = module.variable("cache", "key", jnp.zeros, (batch, capacity, heads, d_head), k.dtype)
     values = module.variable("cache", "value", jnp.zeros, (batch, capacity, heads, d_head), v.dtype)
+    present = module.variable("cache", "present", jnp.zeros, (batch, capacity), bool)
     index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
     start = index.value
+    keep = jnp.ones((batch, n), bool) if keep is None else keep
     keys.value = jax.lax.dynamic_update_slice(keys.value, k, (0, start, 0, 0))
     values.value = jax.lax.dynamic_update_slice(values.value, v, (0, start, 0, 0))
+    present.value = jax.lax.dynamic_update_slice(present.value, keep, (0, start))
     index.value = start + n
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, keys.value, preferred_element_type=jnp.float32) * scale
-    visible = jnp.arange(capacity)[None, :] <= start + jnp.arange(n)[:, None]
-    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, values.value)
+    causal = jnp.arange(capacity)[None, :] <= start + jnp.arange(n)[:, None]
+    visible = causal[None, None] & present.value[:, None, None, :]
+    return _masked_softmax_attention(q, keys.value, values.value, scale, visible)
 
 
 class CausalSelfAttention(nn.Module):
     """Fused q, k, v projection (no bias), RoPE on q and k, causal softmax attention, output projection.
 
     One [d, 3, heads, d_head] kernel instead of three: the same function, fewer and larger matmuls.
-    When decoding (see `decoding`), keys and values go through a KV cache of seq_len slots.
+    `qk_norm(config, name=...)` (optional) maps (q, k) after RoPE, e.g. nGPT's s_qk * Norm(.);
+    `softmax_scale` defaults to 1/sqrt(d_head). When decoding (see `decoding`), keys and values go
+    through a KV cache of seq_len slots. `mask` [batch, length] marks the tokens present.
     """
 
     config: ModelConfig
+    qk_norm: Callable[..., nn.Module] | None = None
+    softmax_scale: float | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         heads = (cfg.n_heads, cfg.d_head)
         qkv = dense(cfg, (3,) + heads, ("embed", None, "heads", "kv"), name="qkv")(x)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q = nn.with_logical_constraint(apply_rope(q, positions, cfg.rope_base), ("batch", "length", "heads", "kv"))
-        k = nn.with_logical_constraint(apply_rope(k, positions, cfg.rope_base), ("batch", "length", "heads", "kv"))
-        scale = 1.0 / math.sqrt(cfg.d_head)
+        q, k, v = (qkv[:, :, i] for i in range(3))
+        q, k = apply_rope(q, positions, cfg.rope_base), apply_rope(k, positions, cfg.rope_base)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(cfg, name="qk_norm")(q, k)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+        k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
+        scale = 1.0 / math.sqrt(cfg.d_head) if self.softmax_scale is None else self.softmax_scale
         if decoding(self):
-            out = cached_attention(self, q, k, v, scale, cfg.seq_len)
+            out = cached_attention(self, q, k, v, scale, cfg.seq_len, keep=mask)
         else:
-            out = causal_attention(q, k, v, scale)
+            out = causal_attention(q, k, v, scale, mask)
         return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), in_dims=2, residual=True, name="out")(out)

@@ -7,17 +7,57 @@ the residual). Dispatch and combine are einsums with a one-hot [G, S, E, C] mask
 the expert weights and of the dispatched activations is the logical axis 'expert' while groups are
 'batch': on a mesh with an 'expert' axis the compiler turns the change of layout into all-to-alls.
 """
+import dataclasses
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scaling.config import ModelConfig
+from scaling import sharding
+from scaling.config import ArchOptions, ModelConfig, UsageError, check_positive, option
 
 BALANCE_COEF = 1e-2  # alpha of eq. 4
 JITTER = 1e-2  # router input multiplied by U(1 - JITTER, 1 + JITTER) in training
 MIN_CAPACITY = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEOptions(ArchOptions):
+    """Options of the Switch layer; an architecture with Switch FFNs has options deriving from these."""
+
+    num_experts: int = option(8, "Experts per MoE layer.")
+    capacity_factor: float = option(1.25, "Expert capacity factor in training.")
+    eval_capacity_factor: float = option(2.0, "Expert capacity factor in evaluation and sampling.")
+    group_size: int = option(256, "Tokens per routing group.")
+    router_z_loss: float = option(0.0, "Router z-loss coefficient (ST-MoE: 1e-3).")
+
+    def validate(self, cfg: ModelConfig) -> None:
+        super().validate(cfg)
+        if self.num_experts < 1:
+            raise UsageError("--num_experts", "must be a positive integer")
+        check_positive(self, "capacity_factor", "eval_capacity_factor")
+        if self.group_size < 1:
+            raise UsageError("--group_size", "must be a positive integer")
+        if self.router_z_loss < 0:
+            raise UsageError("--router_z_loss", "must be >= 0 (ST-MoE uses 1e-3)")
+
+
+def check_mesh(mesh, cfg: ModelConfig, batch_size: int) -> None:
+    """UsageError unless experts divide over 'expert' and routing groups tile the batch and its shards."""
+    opts = cfg.options
+    if opts.num_experts % mesh.shape["expert"]:
+        raise UsageError("--num_experts", f"{opts.num_experts} is not divisible by the expert mesh axis "
+                                          f"{mesh.shape['expert']}")
+    tokens = batch_size * cfg.seq_len
+    size = min(opts.group_size, tokens)
+    ways = sharding.batch_ways(mesh)
+    if tokens % size or (tokens // size) % ways:
+        raise UsageError(
+            "--group_size",
+            f"{opts.group_size} must divide the {tokens} tokens per batch into a multiple of data x expert = "
+            f"{ways} groups; e.g. --group_size={tokens // ways}",
+        )
 
 
 def capacity(group_tokens: int, num_experts: int, factor: float) -> int:
@@ -26,12 +66,12 @@ def capacity(group_tokens: int, num_experts: int, factor: float) -> int:
 
 
 def group_size(cfg: ModelConfig, num_tokens: int) -> int:
-    """Tokens per routing group: the largest divisor of `num_tokens` that is at most `cfg.group_size`.
+    """Tokens per routing group: the largest divisor of `num_tokens` that is at most the group_size option.
 
-    Training batches divide exactly (`sharding.check_fits` refuses others), so this is `cfg.group_size`
+    Training batches divide exactly (`check_mesh` refuses others), so this is the option's group_size
     there; smaller groups only occur when evaluating or decoding an arbitrary number of tokens.
     """
-    return max(s for s in range(1, min(cfg.group_size, num_tokens) + 1) if num_tokens % s == 0)
+    return max(s for s in range(1, min(cfg.options.group_size, num_tokens) + 1) if num_tokens % s == 0)
 
 
 def scaled_init(in_axis: int, out_axis, batch_axis=()) -> nn.initializers.Initializer:
@@ -41,15 +81,18 @@ def scaled_init(in_axis: int, out_axis, batch_axis=()) -> nn.initializers.Initia
     )
 
 
-def route(logits: jax.Array, slots: int):
+def route(logits: jax.Array, slots: int, present: jax.Array | None = None):
     """Top-1 routing of logits [G, S, E] (float32) into `slots` per expert.
 
+    `present` [G, S] (optional) marks the tokens routed at all; absent ones take no slot.
     Returns (dispatch [G, S, E, C] one-hot of (expert, position) for kept tokens, gate [G, S] = p of the
     chosen expert, probs [G, S, E], assigned [G, S, E] one-hot argmax before dropping).
     """
     probs = jax.nn.softmax(logits, axis=-1)
     expert = jnp.argmax(probs, axis=-1)
     assigned = jax.nn.one_hot(expert, logits.shape[-1], dtype=jnp.int32)
+    if present is not None:
+        assigned = assigned * present[..., None].astype(jnp.int32)
     position = jnp.sum((jnp.cumsum(assigned, axis=1) - assigned) * assigned, axis=-1)
     kept = assigned * (position < slots)[..., None]
     dispatch = kept[..., None] * jax.nn.one_hot(position, slots, dtype=jnp.int32)[:, :, None, :]
@@ -72,17 +115,18 @@ class Experts(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
+        experts = cfg.options.num_experts
         dtype = jnp.dtype(cfg.dtype)
         up_gate = self.param(
             "up_gate",
             nn.with_logical_partitioning(scaled_init(1, (2, 3), 0), ("expert", "embed", None, "mlp")),
-            (cfg.num_experts, cfg.d_model, 2, cfg.d_ff),
+            (experts, cfg.d_model, 2, cfg.d_ff),
             jnp.float32,
         )
         down = self.param(
             "down",
             nn.with_logical_partitioning(scaled_init(1, 2, 0), ("expert", "mlp", "embed")),
-            (cfg.num_experts, cfg.d_ff, cfg.d_model),
+            (experts, cfg.d_ff, cfg.d_model),
             jnp.float32,
         )
         h = jnp.einsum("egcd,edkf->egckf", x, up_gate.astype(dtype))
@@ -91,23 +135,32 @@ class Experts(nn.Module):
 
 
 class SwitchFFN(nn.Module):
-    """x [batch, length, d] -> gate * Expert_i(x) for the top-1 expert i, 0 for dropped tokens.
+    """x [batch, length, d] -> gate * Expert_i(x) for the top-1 expert i, 0 for dropped tokens and
+    for those `mask` [batch, length] (optional) leaves out, which take no expert slot.
 
-    Sows the load-balancing loss (and the router z-loss when `router_z_loss` > 0, ST-MoE eq. 5) into
-    'aux_loss', and the dropped fraction, router entropy and per-expert load into 'metrics'.
+    With `noop_experts` N > 0 (integrated MoDE, Raposo et al. 2024 sec. 3.6) the router chooses among
+    the E experts and N no-op experts: a token routed to a no-op expert skips the FFN (output 0, so it
+    passes through the residual), and each real expert has the capacity of a 1/(E + N) share.
+    Sows the load-balancing loss (over all E + N choices; and the router z-loss when `router_z_loss`
+    > 0, ST-MoE eq. 5) into 'aux_loss', and the dropped fraction, router entropy, per-expert load
+    and, with no-op experts, the no-op fraction into 'metrics'.
     """
 
     config: ModelConfig
+    noop_experts: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        cfg = self.config
+    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        cfg, opts = self.config, self.config.options
         batch, length, d = x.shape
         size = group_size(cfg, batch * length)
         groups = nn.with_logical_constraint(x.reshape(-1, size, d), ("batch", None, "embed"))
         logits = self.router(groups, train)
-        slots = capacity(size, cfg.num_experts, cfg.capacity_factor if train else cfg.eval_capacity_factor)
-        dispatch, gate, probs, assigned = route(logits, slots)
+        choices = opts.num_experts + self.noop_experts
+        slots = capacity(size, choices, opts.capacity_factor if train else opts.eval_capacity_factor)
+        present = None if mask is None else mask.reshape(-1, size)
+        dispatch, gate, probs, assigned = route(logits, slots, present)
+        dispatch = dispatch[:, :, : opts.num_experts]
         self.report(logits, probs, assigned, dispatch)
         dispatch = dispatch.astype(x.dtype)
         expert_in = nn.with_logical_constraint(
@@ -120,12 +173,12 @@ class SwitchFFN(nn.Module):
         return out.reshape(batch, length, d)
 
     def router(self, groups: jax.Array, train: bool) -> jax.Array:
-        """Router logits [G, S, E] in float32 ("selective precision"), input jittered in training."""
+        """Router logits [G, S, E + N] in float32 ("selective precision"), input jittered in training."""
         cfg = self.config
         kernel = self.param(
             "router",
             nn.with_logical_partitioning(scaled_init(0, 1), ("embed", None)),
-            (cfg.d_model, cfg.num_experts),
+            (cfg.d_model, cfg.options.num_experts + self.noop_experts),
             jnp.float32,
         )
         inputs = groups.astype(jnp.float32)
@@ -137,12 +190,17 @@ class SwitchFFN(nn.Module):
     def report(self, logits, probs, assigned, dispatch) -> None:
         """Sows the auxiliary losses and routing metrics of one layer."""
         self.sow("aux_loss", "balance_loss", balance_loss(probs, assigned))
-        if self.config.router_z_loss > 0:
+        z_loss = self.config.options.router_z_loss
+        if z_loss > 0:
             z = jnp.mean(jnp.square(jax.nn.logsumexp(logits, axis=-1)))
-            self.sow("aux_loss", "router_z_loss", self.config.router_z_loss * z)
-        self.sow("metrics", "dropped_frac", 1.0 - jnp.mean(jnp.sum(dispatch, axis=(2, 3)).astype(jnp.float32)))
+            self.sow("aux_loss", "router_z_loss", z_loss * z)
+        experts = self.config.options.num_experts
+        load = jnp.mean(assigned.astype(jnp.float32), axis=(0, 1))
+        kept = jnp.mean(jnp.sum(dispatch, axis=(2, 3)).astype(jnp.float32))
+        self.sow("metrics", "dropped_frac", jnp.sum(load[:experts]) - kept)
         entropy = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-9)), axis=-1)
         self.sow("metrics", "router_entropy", jnp.mean(entropy))
-        load = jnp.mean(assigned.astype(jnp.float32), axis=(0, 1))
-        for i in range(self.config.num_experts):
+        for i in range(experts):
             self.sow("metrics", f"expert_load/{i}", load[i])
+        if self.noop_experts:
+            self.sow("metrics", "noop_frac", jnp.sum(load[experts:]))

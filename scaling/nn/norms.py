@@ -12,12 +12,16 @@ def rms_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with a learned gain g (init 1): rms_normalize(x) * g. The gain is never weight-decayed."""
+    """rms_normalize(x) * g with a learned gain g (init 1, never weight-decayed); `use_scale=False`
+    is TransNormerLLM's SRMSNorm (no gain)."""
 
     eps: float = 1e-6
+    use_scale: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if not self.use_scale:
+            return rms_normalize(x, self.eps)
         gain = self.param(
             "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],), jnp.float32
         )

@@ -1,6 +1,22 @@
-"""A stack of identical residual blocks, scanned over a 'layers' axis or unrolled, with remat."""
+"""The one layer stack of every architecture: a repeating pattern of block types, scanned or unrolled.
+
+A stack of n_layers blocks is `prefix` (blocks applied once, first) followed by `pattern` repeated:
+layer l >= len(prefix) is pattern[(l - len(prefix)) % len(pattern)]. With `scan_layers` the repeats
+are one `nn.scan` over a 'layers' axis (the pattern compiles once); the last (n_layers - len(prefix))
+% len(pattern) layers, a `tail` that takes the first blocks of the pattern, run after it, unrolled.
+The scan carries every collection a block uses: params, sown aux losses and metrics, and the decoding
+cache, so a model decodes on its trained (scanned) parameters as they are.
+
+A block is built as `block(config, name=...)` and called as `block(x, context) -> x`; the
+`Context` gives it the token positions, its own layer index (a traced integer when scanned: per-layer
+constants such as TNL's decays are looked up with it) and the call's mode.
+"""
+import dataclasses
+from typing import Callable
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from scaling.config import ModelConfig
 
@@ -9,48 +25,109 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
-
-class _ScanStep(nn.Module):
-    """Adapts a block `x -> x` to the (carry, xs) -> (carry, ys) signature nn.scan expects."""
-
-    block: type[nn.Module]
-    config: ModelConfig
-    train: bool
-
-    @nn.compact
-    def __call__(self, x, positions):
-        return self.block(self.config, name="block")(x, positions, self.train), None
+Block = Callable[..., nn.Module]
 
 
-class BlockStack(nn.Module):
-    """Applies `config.n_layers` blocks `block(config)(x, positions, train) -> x` in sequence.
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every block is called with besides the hidden states.
 
-    With `scan_layers`, parameters gain a leading 'layers' axis and the stack compiles once
-    (nn.scan); sown auxiliary losses and metrics are stacked over layers the same way.
-    `remat` recomputes each block's activations in the backward pass ('full') or keeps its
-    matmul outputs ('dots').
+    positions: [batch, length] true token positions (RoPE and routed blocks use them).
+    layer: this block's index in the stack.
+    train: training mode (dropout, router jitter).
+    autoregressive: compute every position as sampling does, from it and earlier tokens only
+        (blocks that route by a per-sequence top-k switch to their causal predictor).
+    mask: [batch, length] tokens actually present in this block (None: all); the others neither
+        attend nor are attended to (a routed block's threshold pass).
     """
 
-    block: type[nn.Module]
+    positions: jax.Array
+    layer: int | jax.Array
+    train: bool = False
+    autoregressive: bool = False
+    mask: jax.Array | None = None
+
+    def replace(self, **changes) -> "Context":
+        return dataclasses.replace(self, **changes)
+
+
+class _Period(nn.Module):
+    """One pass through `blocks` in order, in the (carry, per-repeat input) -> (carry, None) form of nn.scan."""
+
+    blocks: tuple[Block, ...]
     config: ModelConfig
+    train: bool
+    autoregressive: bool
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x, positions, first_layer):
+        for j, block in enumerate(self.blocks):
+            context = Context(positions, first_layer + j, self.train, self.autoregressive)
+            x = block(self.config, name=f"block_{j}")(x, context)
+        return x, None
+
+
+class Stack(nn.Module):
+    """n_layers blocks: `prefix`, then `pattern` repeated (scanned or unrolled), then its tail."""
+
+    config: ModelConfig
+    pattern: tuple[Block, ...]
+    prefix: tuple[Block, ...] = ()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, train: bool, autoregressive: bool) -> jax.Array:
         cfg = self.config
-        step = _ScanStep
-        if cfg.remat != "none":
-            step = nn.remat(step, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-        if not cfg.scan_layers:
-            for layer in range(cfg.n_layers):
-                x, _ = step(self.block, cfg, train, name=f"layer_{layer}")(x, positions)
-            return x
-        scanned = nn.scan(
-            step,
-            variable_axes={"params": 0, "aux_loss": 0, "metrics": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=nn.broadcast,
-            length=cfg.n_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        x, _ = scanned(self.block, cfg, train, name="layers")(x, positions)
+        period = _remat(cfg)
+        mode = (cfg, train, autoregressive)
+        for i, block in enumerate(self.prefix):
+            x, _ = period((block,), *mode, name=f"prefix_{i}")(x, positions, i)
+        first = len(self.prefix)
+        repeats, tail = divmod(cfg.n_layers - first, len(self.pattern))
+        if cfg.scan_layers and repeats:
+            scanned = nn.scan(
+                period,
+                variable_axes={"params": 0, "aux_loss": 0, "metrics": 0, "cache": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, 0),
+                length=repeats,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            layers = first + len(self.pattern) * jnp.arange(repeats)
+            x, _ = scanned(self.pattern, *mode, name="layers")(x, positions, layers)
+        else:
+            for r in range(repeats):
+                x, _ = period(self.pattern, *mode, name=f"layers_{r}")(x, positions, first + r * len(self.pattern))
+        if tail:
+            x, _ = period(self.pattern[:tail], *mode, name="tail")(x, positions, cfg.n_layers - tail)
         return x
+
+
+def _remat(cfg: ModelConfig):
+    if cfg.remat == "none":
+        return _Period
+    return nn.remat(_Period, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+
+
+def layer_params(blocks: dict, n_layers: int, period: int, prefix: int = 0) -> list[dict]:
+    """The parameters of each layer of a Stack's parameter tree `blocks`, in layer order (scanned or not)."""
+    layers = [blocks[f"prefix_{i}"]["block_0"] for i in range(prefix)]
+    repeats, tail = divmod(n_layers - prefix, period)
+    for r in range(repeats):
+        repeat = jax.tree.map(lambda x, r=r: x[r], blocks["layers"]) if "layers" in blocks else blocks[f"layers_{r}"]
+        layers += [repeat[f"block_{j}"] for j in range(period)]
+    return layers + [blocks["tail"][f"block_{j}"] for j in range(tail)]
+
+
+def stack_params(layers: list[dict], period: int, prefix: int = 0, scanned: bool = True) -> dict:
+    """The inverse of `layer_params`: a Stack's parameter tree from each layer's parameters."""
+    blocks = {f"prefix_{i}": {"block_0": layers[i]} for i in range(prefix)}
+    body = layers[prefix:]
+    repeats, tail = divmod(len(body), period)
+    repeated = [{f"block_{j}": body[r * period + j] for j in range(period)} for r in range(repeats)]
+    if scanned and repeats:
+        blocks["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *repeated)
+    else:
+        blocks.update({f"layers_{r}": repeat for r, repeat in enumerate(repeated)})
+    if tail:
+        blocks["tail"] = {f"block_{j}": body[repeats * period + j] for j in range(tail)}
+    return blocks

@@ -1,19 +1,26 @@
-"""Pure train and eval steps shared by every architecture.
+"""Pure train and eval steps shared by every architecture, and the losses they minimise.
 
-The loss the optimizer sees is the LM cross-entropy plus every auxiliary loss a layer sows into the
-'aux_loss' collection (averaged over the layers that sow it); each is reported by name, as are the
-scalars sown into 'metrics'. The LM loss alone is what evaluation and isoFLOP fits use.
+The default loss is the LM cross-entropy plus every auxiliary loss a layer sows into the 'aux_loss'
+collection (averaged over the layers that sow it); each is reported by name, as are the scalars sown
+into 'metrics'. The LM loss alone is what evaluation and isoFLOP fits use. A loss is a callable
+(model, params, frozen, batch, rng) -> (scalar, metrics) with a `frozen` attribute: arrays it reads
+but never trains (a distillation teacher's parameters), passed to the step as an argument.
 """
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from scaling import sharding
 from scaling.train.state import TrainState
 
 AUX_COLLECTIONS = ("aux_loss", "metrics")
+
+
+class Loss(Protocol):
+    frozen: Any
+
+    def __call__(self, model, params, frozen, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]: ...
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -22,7 +29,7 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arra
     return jnp.sum(losses * weights), jnp.sum(weights)
 
 
-def _named_means(collection) -> dict[str, jax.Array]:
+def named_means(collection) -> dict[str, jax.Array]:
     """{name: mean over every layer that sowed `name`}, scanned (stacked) or unrolled alike."""
     values = {}
     for path, value in jax.tree_util.tree_flatten_with_path(collection)[0]:
@@ -31,22 +38,32 @@ def _named_means(collection) -> dict[str, jax.Array]:
     return {name: jnp.mean(jnp.concatenate(parts)) for name, parts in values.items()}
 
 
-def make_train_step(model, tx: optax.GradientTransformation, seed: int, post_step: Callable | None = None):
-    """(state, batch) -> (state, metrics): one optimizer step, then the architecture's post-step hook."""
+def apply_for_training(model, params, inputs: jax.Array, rng: jax.Array) -> tuple[jax.Array, dict, dict]:
+    """(logits, {aux loss name: mean}, {metric name: mean}) of the model in training mode."""
+    logits, sown = model.apply({"params": params}, inputs, train=True, rngs={"dropout": rng}, mutable=AUX_COLLECTIONS)
+    return logits, named_means(sown.get("aux_loss", {})), named_means(sown.get("metrics", {}))
 
-    def loss_fn(params, batch, rng):
-        logits, sown = model.apply(
-            {"params": params}, batch["inputs"], train=True, rngs={"dropout": rng}, mutable=AUX_COLLECTIONS
-        )
+
+class LMLoss:
+    """Mean next-token cross-entropy plus the sown auxiliary losses (reported as `loss` and by name)."""
+
+    frozen = None
+
+    def __call__(self, model, params, frozen, batch, rng):
+        del frozen
+        logits, aux, metrics = apply_for_training(model, params, batch["inputs"], rng)
         total, count = token_cross_entropy(logits, batch["targets"], batch["weights"])
         lm_loss = total / jnp.maximum(count, 1.0)
-        aux = _named_means(sown.get("aux_loss", {}))
-        metrics = {"loss": lm_loss, **aux, **_named_means(sown.get("metrics", {}))}
-        return lm_loss + sum(aux.values()), metrics
+        return lm_loss + sum(aux.values()), {"loss": lm_loss, **aux, **metrics}
 
-    def train_step(state: TrainState, batch):
+
+def make_train_step(model, tx: optax.GradientTransformation, seed: int, loss: Loss,
+                    post_step: Callable | None = None):
+    """(state, batch, frozen) -> (state, metrics): one optimizer step, then the architecture's post-step hook."""
+
+    def train_step(state: TrainState, batch, frozen):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, rng)
+        grads, metrics = jax.grad(lambda p: loss(model, p, frozen, batch, rng), has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if post_step is not None:
@@ -65,13 +82,3 @@ def make_eval_step(model):
         return token_cross_entropy(logits, batch["targets"], batch["weights"])
 
     return eval_step
-
-
-def jit_train_step(model, tx, seed: int, post_step, state_shardings, mesh):
-    """The train step jitted with the state's shardings in and out (state donated), batch over data axes."""
-    return jax.jit(
-        make_train_step(model, tx, seed, post_step),
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )

@@ -26,16 +26,3 @@ def adamw(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformat
         optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask),
     )
     return tx, schedule
-
-
-def ngpt(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """nGPT (REFERENCE.md section 2): Adam without weight decay or warmup, cosine decay to 0, clip 1.0.
-
-    `warmup_frac` and `weight_decay` are ignored: the unit-norm constraint replaces both.
-    """
-    schedule = optax.cosine_decay_schedule(cfg.learning_rate, max(total_steps, 1))
-    tx = optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
-    )
-    return tx, schedule

@@ -1,0 +1,87 @@
+"""The run builder: everything one run derives from (ModelConfig, TrainConfig, mesh), built once.
+
+The training loop, the benchmarks, sampling, speedup and distillation all start here, so an
+architecture's model, optimizer recipe, post-step hook and mesh checks are looked up in one place.
+"""
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from scaling import data, sharding
+from scaling.config import ModelConfig, TrainConfig
+from scaling.models.registry import get_architecture
+from scaling.train import checkpoints
+from scaling.train.state import abstract_state, create_state
+from scaling.train.steps import LMLoss, Loss, make_eval_step, make_train_step
+
+
+class Run:
+    """The model, optimizer and schedule, state shardings, init/restore, and the jitted steps of one run.
+
+    `loss` defaults to the LM loss; `total_steps` (default: the train config's) sets the schedule.
+    Configs are validated and the mesh is checked on construction (UsageError on bad input).
+    """
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, mesh: Mesh, *, loss: Loss | None = None,
+                 total_steps: int | None = None):
+        self.model_cfg = model_cfg.validate()
+        self.train_cfg = train_cfg.validate(model_cfg.seq_len)
+        self.arch = get_architecture(model_cfg.arch)
+        self.arch.check_fits(mesh, model_cfg, train_cfg.batch_size)
+        self.mesh = mesh
+        self.loss = loss or LMLoss()
+        self.total_steps = total_steps or train_cfg.steps(model_cfg.seq_len)
+        self.model = self.arch.model(model_cfg)
+        self.tx, self.schedule = self.arch.optimizer(train_cfg, self.total_steps)
+        self.abstract_state, self.shardings = abstract_state(self.model, self.tx, model_cfg, train_cfg.seed, mesh)
+
+    def init_state(self, init_from: Callable | None = None):
+        """A fresh state born in its shards; `init_from` (optional) maps the fresh parameters to others."""
+        state = create_state(self.model, self.tx, self.model_cfg, self.train_cfg.seed, self.mesh, self.arch.post_step)
+        if init_from is None:
+            return state
+        # Copies: the state is donated to every step, and init_from may return arrays the caller keeps.
+        params = jax.tree.map(jnp.copy, init_from(state.params))
+        return state.replace(params=jax.device_put(params, self.shardings.params))
+
+    def restore(self, mngr):
+        """The latest checkpoint of `mngr` laid out like this run's state, or None."""
+        return checkpoints.restore_latest(mngr, self.abstract_state)
+
+    def batch_spec(self) -> dict:
+        """Shapes, dtypes and shardings of one global batch (for compiling without data)."""
+        cfg, batch = self.model_cfg, self.train_cfg.batch_size
+        tokens = jax.ShapeDtypeStruct((batch, cfg.seq_len), jnp.int32, sharding=sharding.batch_sharding(self.mesh))
+        return {"inputs": tokens, "targets": tokens, "weights": tokens.update(dtype=jnp.float32)}
+
+    def train_step(self):
+        """The train step (state, batch, frozen) -> (state, metrics), jitted with the state's shardings
+        in and out (state donated) and the batch over the data axes."""
+        frozen_shardings = jax.tree.map(lambda x: x.sharding, self.loss.frozen)
+        return jax.jit(
+            make_train_step(self.model, self.tx, self.train_cfg.seed, self.loss, self.arch.post_step),
+            in_shardings=(self.shardings, sharding.batch_sharding(self.mesh), frozen_shardings),
+            out_shardings=(self.shardings, sharding.replicated(self.mesh)),
+            donate_argnums=0,
+        )
+
+    def compile_train_step(self):
+        """The train step compiled ahead of time for this run's state and batch (nothing allocated)."""
+        frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.loss.frozen)
+        with sharding.activate(self.mesh):
+            return self.train_step().lower(self.abstract_state, self.batch_spec(), frozen).compile()
+
+    def eval_step(self):
+        """(params, batch) -> (sum of token losses, tokens), jitted over the mesh."""
+        return jax.jit(make_eval_step(self.model), in_shardings=(self.shardings.params, sharding.batch_sharding(self.mesh)))
+
+    def loader(self, split: str = "train", seed: int | None = None) -> data.BatchLoader:
+        """Batches of this run's data split, a pure function of (seed, step)."""
+        return data.BatchLoader(
+            data.make_source(self.train_cfg.data, split, self.model_cfg.seq_len),
+            global_batch_size=self.train_cfg.batch_size,
+            seed=self.train_cfg.seed if seed is None else seed,
+            sharding=sharding.batch_sharding(self.mesh),
+        )
