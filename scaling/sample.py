@@ -8,6 +8,7 @@ parameters, so a model decodes on its trained parameters as they are. Every call
 each position is computed from it and earlier tokens only, as sampling requires.
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,19 +23,11 @@ class Decoder:
     `capacity` bounds the total tokens fed (the KV cache size for softmax attention)."""
 
     def __init__(self, cfg: ModelConfig, params, capacity: int):
-        cfg = dataclasses.replace(cfg, seq_len=capacity, remat="none")
-        self.model = get_architecture(cfg.arch).model(cfg)
         self.params = params
         self.capacity = capacity
         self.cache = {}
         self.position = 0
-        self._step = jax.jit(self._apply)
-
-    def _apply(self, params, cache, tokens, start):
-        variables = {"params": params, **({"cache": cache} if cache else {})}
-        positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
-        logits, updated = self.model.apply(variables, tokens, positions, autoregressive=True, mutable=["cache"])
-        return logits, updated["cache"]
+        self._step = _decode_step(dataclasses.replace(cfg, seq_len=capacity, remat="none"))
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         if self.position + tokens.shape[1] > self.capacity:
@@ -42,6 +35,20 @@ class Decoder:
         logits, self.cache = self._step(self.params, self.cache, jnp.asarray(tokens, jnp.int32), self.position)
         self.position += tokens.shape[1]
         return logits
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_step(cfg: ModelConfig):
+    """(params, cache, tokens [batch, n], first position) -> (logits, cache), jitted once per config."""
+    model = get_architecture(cfg.arch).model(cfg)
+
+    def step(params, cache, tokens, start):
+        variables = {"params": params, **({"cache": cache} if cache else {})}
+        positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
+        logits, updated = model.apply(variables, tokens, positions, autoregressive=True, mutable=["cache"])
+        return logits, updated["cache"]
+
+    return jax.jit(step)
 
 
 def choose(logits: jax.Array, key: jax.Array, temperature: float, top_k: int) -> jax.Array:

@@ -52,6 +52,18 @@ def _batch_size(tokens: int, seq_len: int) -> int:
     return min(MAX_BATCH, batch)
 
 
+def shared_batch_size(budget: float, bases: list[ModelConfig], num_sizes: int) -> int:
+    """The sweep's batch, the same for every architecture (a fair comparison): the smallest of the
+    architectures' `_batch_size`s for their largest planned model."""
+    batches = []
+    for base in bases:
+        shapes = _sizes(budget, base, num_sizes)
+        if shapes:
+            largest = get_architecture(base.arch).counts(shapes[-1])
+            batches.append(_batch_size(int(budget / largest.flops_per_token), base.seq_len))
+    return min(batches, default=1)
+
+
 def _run_entry(arch: str, model_cfg: ModelConfig, train_cfg: TrainConfig, budget: float) -> dict:
     counts = get_architecture(arch).counts(model_cfg)
     return {
@@ -73,13 +85,10 @@ def _sizes(budget: float, base: ModelConfig, num_sizes: int) -> list[ModelConfig
     return sorted(shapes, key=lambda s: get_architecture(base.arch).counts(s).nonembed_params)
 
 
-def _arch_runs(budget, base, num_sizes, train_base, batch_size, learning_rate) -> list[dict]:
+def _arch_runs(budget, base, num_sizes, train_base, batch, learning_rate) -> list[dict]:
     """One architecture's runs: every size that gets at least one step of the sweep's batch."""
     counts = get_architecture(base.arch).counts
     shapes = _sizes(budget, base, num_sizes)
-    if not shapes:
-        return []
-    batch = batch_size or _batch_size(int(budget / counts(shapes[-1]).flops_per_token), base.seq_len)
     runs = []
     for shape in shapes:
         tokens = int(budget / counts(shape).flops_per_token)
@@ -101,7 +110,8 @@ def _arch_runs(budget, base, num_sizes, train_base, batch_size, learning_rate) -
 def _smallest_curve_budget(base: ModelConfig, num_sizes: int, batch_size: int | None) -> float:
     """The smallest budget (to a factor 1.25) whose sweep holds 3 distinct trainable sizes."""
     budget = 1e8
-    while len(_arch_runs(budget, base, num_sizes, TrainConfig(), batch_size, None)) < 3:
+    while len(_arch_runs(budget, base, num_sizes, TrainConfig(), batch_size or shared_batch_size(budget, [base], num_sizes),
+                         None)) < 3:
         budget *= 1.25
     return budget
 
@@ -121,9 +131,10 @@ def plan_sweep(
     if num_sizes < 3:
         raise UsageError("--num_sizes", "a parabola needs at least 3 sizes")
     runs = []
+    batch = batch_size or shared_batch_size(budget, bases, num_sizes)
     for arch_base in bases:
         arch = arch_base.arch
-        arch_runs = _arch_runs(budget, arch_base, num_sizes, train_base, batch_size, learning_rate)
+        arch_runs = _arch_runs(budget, arch_base, num_sizes, train_base, batch, learning_rate)
         if len(arch_runs) < 3:
             need = _smallest_curve_budget(arch_base, num_sizes, batch_size)
             what = "cannot train even the smallest model one step" if not arch_runs else "leaves fewer than 3 sizes"

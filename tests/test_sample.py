@@ -25,6 +25,10 @@ CONFIGS = {
                            num_experts=4, group_size=8, eval_capacity_factor=4.0),
     "tnl": model_config("tnl", vocab_size=256, d_model=32, n_layers=3, n_heads=2, d_ff=64, seq_len=16,
                         chunk_size=4, lrpe=True),
+    # Routed blocks decode by the predictor's threshold; a full pass with autoregressive=True routes alike.
+    "mod": model_config("mod", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16),
+    "mode": model_config("mode", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16,
+                         num_experts=4, group_size=8, eval_capacity_factor=8.0),
 }
 
 
@@ -39,10 +43,14 @@ def trained_like(request):
 
 def test_incremental_logits_equal_the_full_pass(trained_like):
     cfg, params, tokens = trained_like
-    full = get_architecture(cfg.arch).model(cfg).apply({"params": params}, tokens)
+    full = get_architecture(cfg.arch).model(cfg).apply({"params": params}, tokens, autoregressive=True)
     decoder = Decoder(cfg, params, capacity=LENGTH)
     steps = [decoder(tokens[:, :PREFILL])] + [decoder(tokens[:, t : t + 1]) for t in range(PREFILL, LENGTH)]
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-4, atol=1e-4)
+    present = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(decoder.cache)[0]
+               if path[-1].key == "present"]
+    # A token that skips a routed block is not in that block's KV cache; every other cache holds all.
+    assert any(not np.all(leaf) for leaf in present) == (cfg.arch in ("mod", "mode"))
 
 
 def test_cache_size(trained_like):

@@ -12,8 +12,9 @@ import optax
 
 from scaling import flops, optimizers, sharding
 from scaling.config import ArchOptions, ModelConfig, TrainConfig, UsageError
-from scaling.models import gpt, ngpt, switch, tnl
+from scaling.models import gpt, mod, mode, ngpt, switch, tnl
 from scaling.nn import moe
+from scaling.nn.mod import MoDOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,8 @@ ARCHITECTURES = {
                            check_mesh=moe.check_mesh,
                            distillation=Distillation(switch.dense_student_config, switch.dense_student_params)),
     "tnl": Architecture("tnl", tnl.TNL, tnl.tnl_counts, tnl.TNLOptions),
+    "mod": Architecture("mod", mod.MoD, mod.mod_counts, MoDOptions),
+    "mode": Architecture("mode", mode.MoDE, mode.mode_counts, mode.MoDEOptions, check_mesh=mode.check_mesh),
 }
 
 

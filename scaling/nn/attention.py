@@ -47,27 +47,26 @@ def decoding(module: nn.Module) -> bool:
     return module.is_mutable_collection("cache") and not module.is_initializing()
 
 
-def cached_attention(module: nn.Module, q, k, v, scale: float, capacity: int, keep=None) -> jax.Array:
-    """Causal attention of n new tokens over a KV cache of `capacity` slots (in module's 'cache').
+def cached_attention(module: nn.Module, q, k, v, scale: float, capacity: int, positions, keep=None) -> jax.Array:
+    """Causal attention of n new tokens at consecutive `positions` [batch, n] (the same in every row)
+    over a KV cache of `capacity` slots, one per position (in module's 'cache').
 
-    The new keys and values are written at the cache index; query i (absolute position index + i)
-    attends to the slots <= its position that hold a kept token. `keep` [batch, n] (default all)
-    marks the new tokens later ones may attend to: a token that skipped a routed block is not in
-    that block's cache. Equal to `causal_attention` over the whole prefix.
+    The new keys and values are written at their positions' slots; a query attends to the slots at
+    or before its position that hold a present token. `keep` [batch, n] (default all) marks the new
+    tokens later ones may attend to: a token that skipped a routed block is not in that block's
+    cache. Equal to `causal_attention` over the whole prefix.
     """
     batch, n, heads, d_head = k.shape
     keys = module.variable("cache", "key", jnp.zeros, (batch, capacity, heads, d_head), k.dtype)
     values = module.variable("cache", "value", jnp.zeros, (batch, capacity, heads, d_head), v.dtype)
     present = module.variable("cache", "present", jnp.zeros, (batch, capacity), bool)
-    index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-    start = index.value
+    start = positions[0, 0]
     keep = jnp.ones((batch, n), bool) if keep is None else keep
     keys.value = jax.lax.dynamic_update_slice(keys.value, k, (0, start, 0, 0))
     values.value = jax.lax.dynamic_update_slice(values.value, v, (0, start, 0, 0))
     present.value = jax.lax.dynamic_update_slice(present.value, keep, (0, start))
-    index.value = start + n
-    causal = jnp.arange(capacity)[None, :] <= start + jnp.arange(n)[:, None]
-    visible = causal[None, None] & present.value[:, None, None, :]
+    causal = jnp.arange(capacity)[None, None, :] <= positions[:, :, None]
+    visible = (causal & present.value[:, None, :])[:, None]
     return _masked_softmax_attention(q, keys.value, values.value, scale, visible)
 
 
@@ -97,7 +96,7 @@ class CausalSelfAttention(nn.Module):
         k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
         scale = 1.0 / math.sqrt(cfg.d_head) if self.softmax_scale is None else self.softmax_scale
         if decoding(self):
-            out = cached_attention(self, q, k, v, scale, cfg.seq_len, keep=mask)
+            out = cached_attention(self, q, k, v, scale, cfg.seq_len, positions, keep=mask)
         else:
             out = causal_attention(q, k, v, scale, mask)
         return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), in_dims=2, residual=True, name="out")(out)

@@ -1,0 +1,62 @@
+"""Sampling speed of trained runs side by side: python -m benchmarks.sampling_speed --runs DIR_A,DIR_B.
+
+Restores each run's latest checkpoint (as experiments.sample does), compiles its prompt and step
+decoders, then alternates: each round greedily decodes --num_tokens tokens after the same prompt
+with every model in turn. Prints per run the median tokens/s over the rounds and the ratio to the
+first run, and, for models that route tokens past blocks, the fraction of (token, routed block)
+pairs the threshold routing took while generating (metric mod_routed_frac of the generated text).
+"""
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.sample import load_params
+from scaling.models.registry import get_architecture
+from scaling.sample import sample
+
+
+def routed_fraction(cfg, params, tokens) -> float | None:
+    """Mean fraction of tokens routed blocks took over `tokens` (threshold routing), or None."""
+    model = get_architecture(cfg.arch).model(cfg.replace(seq_len=tokens.shape[1]))
+    _, sown = model.apply({"params": params}, tokens, autoregressive=True, mutable="metrics")
+    values = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(sown)[0] if "routed_frac" in str(path)]
+    return float(np.mean([np.mean(v) for v in values])) if values else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", required=True, help="Comma-separated run directories.")
+    parser.add_argument("--prompt", default="def ")
+    parser.add_argument("--num_tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    models = [load_params(run) for run in args.runs.split(",")]
+    prompt = np.tile(np.frombuffer(args.prompt.encode(), np.uint8).astype(np.int32), (args.batch, 1))
+    times = [[] for _ in models]
+    outputs = [None] * len(models)
+    for round_index in range(args.rounds + 1):  # round 0 compiles
+        for i, (cfg, params) in enumerate(models):
+            start = time.perf_counter()
+            outputs[i] = jax.block_until_ready(sample(cfg, params, prompt, args.num_tokens, temperature=0.0))
+            if round_index:
+                times[i].append(time.perf_counter() - start)
+    first = statistics.median(times[0])
+    for run, (cfg, params), timed, generated in zip(args.runs.split(","), models, times, outputs):
+        seconds = statistics.median(timed)
+        text = jnp.concatenate([jnp.asarray(prompt), generated], axis=1)
+        print(json.dumps({
+            "run": run, "arch": cfg.arch, "d_model": cfg.d_model, "n_layers": cfg.n_layers, "batch": args.batch,
+            "num_tokens": args.num_tokens, "tokens_per_s": args.batch * args.num_tokens / seconds,
+            "time_ratio": seconds / first, "routed_frac": routed_fraction(cfg, params, text),
+            "device": jax.devices()[0].device_kind,
+        }))
+
+
+if __name__ == "__main__":
+    main()
