@@ -2,7 +2,8 @@
 
 Prints tokens/s, model TFLOP/s per device, MFU (where the device's peak is known) and peak memory of
 the real jitted train step: the median of --steps timed steps after compilation and --warmup untimed
-ones; peak memory is XLA's memory analysis of the compiled step (temporaries + arguments).
+ones; peak memory is XLA's memory analysis of the compiled step. Remat and microbatches left to fit
+are chosen for the device memory as the sweep would (--device_memory_gib, or what the device reports).
 With several --arch values the rows of a shape are timed side by side (alternating steps, one process)
 and `step_ratio` is each one's step time over the first arch's: `--arch gpt,switch` gives Switch's
 overhead over the GPT of the same active shape.
@@ -16,11 +17,9 @@ import jax
 from absl import flags
 
 from experiments import cli
-from scaling import sharding
-from scaling.benchmark import time_train_steps
-from scaling.config import TrainConfig, UsageError
-from scaling.models.registry import get_architecture
-from scaling.train.run import Run
+from scaling.benchmark import fit_for_timing, time_fits
+from scaling.config import UsageError
+from scaling.train import fitting
 
 cli.define_model_flags()
 cli.define_train_flags(("batch_size", "data"))
@@ -34,36 +33,31 @@ flags.DEFINE_string("plot", None, "PNG file for tokens/s and peak memory against
 flags.DEFINE_float("max_peak_mib", None, "Report but do not run shapes whose compiled peak memory exceeds this.")
 FLAGS = flags.FLAGS
 
-COLUMNS = ("arch", "d_model", "n_layers", "n_heads", "seq_len", "batch_size", "dtype", "tokens_per_s",
-           "tflops_per_device", "mfu", "step_ms", "step_ratio", "peak_mib")
-
-
-def peak_memory_mib(model_cfg, batch_size: int) -> float:
-    """Temporaries + arguments of the compiled train step (XLA memory analysis), in MiB."""
-    one_batch = TrainConfig(batch_size=batch_size, tokens=batch_size * model_cfg.seq_len)
-    run = Run(model_cfg, one_batch, sharding.make_mesh(cli.mesh_config()), total_steps=1000)
-    memory = run.compile_train_step().memory_analysis()
-    return (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20
+COLUMNS = ("arch", "d_model", "n_layers", "n_heads", "seq_len", "batch_size", "dtype", "remat", "microbatches",
+           "tokens_per_s", "tflops_per_device", "mfu", "step_ms", "step_ratio", "peak_mib")
 
 
 def measure(archs: list[str], seq_len: int, batch_size: int) -> list[dict]:
-    """One row per arch at one shape, timed side by side; `step_ratio` is the step time over the first
-    arch's. A shape over --max_peak_mib keeps its memory figure and gets None for the timings."""
-    cfgs = [dataclasses.replace(cli.model_config(arch), seq_len=seq_len).validate() for arch in archs]
-    peaks = [peak_memory_mib(cfg, batch_size) for cfg in cfgs]
-    fits = [FLAGS.max_peak_mib is None or peak <= FLAGS.max_peak_mib for peak in peaks]
-    timed = iter(time_train_steps([c for c, ok in zip(cfgs, fits) if ok], batch_size, cli.mesh_config(),
-                                  steps=FLAGS.steps, warmup=FLAGS.warmup))
+    """One row per arch at one shape, fitted to the device memory and timed side by side; `step_ratio`
+    is the step time over the first arch's. A shape over --max_peak_mib keeps its memory figure and
+    gets None for the timings."""
+    memory = fitting.device_memory(cli.device_memory_gib())
+    fits = [fit_for_timing(dataclasses.replace(cli.model_config(arch), seq_len=seq_len).validate(), batch_size,
+                           cli.mesh_config(), memory) for arch in archs]
+    peaks = [fit.run.memory_per_device() / 2**20 for fit in fits]
+    timed = [FLAGS.max_peak_mib is None or peak <= FLAGS.max_peak_mib for peak in peaks]
+    results = iter(time_fits([fit for fit, ok in zip(fits, timed) if ok], steps=FLAGS.steps, warmup=FLAGS.warmup))
     untimed = dict.fromkeys(("step_s", "compile_s", "tokens_per_s", "tflops_per_device", "mfu"))
-    rows = [_row(cfg, batch_size, peak, next(timed) if ok else untimed) for cfg, peak, ok in zip(cfgs, peaks, fits)]
+    rows = [_row(fit.run, peak, next(results) if ok else untimed) for fit, peak, ok in zip(fits, peaks, timed)]
     first = rows[0]["step_s"]
     for row in rows:
         row["step_ratio"] = row["step_s"] / first if row["step_s"] and first else None
     return rows
 
 
-def _row(model_cfg, batch_size: int, peak: float, result: dict) -> dict:
-    counts = get_architecture(model_cfg.arch).counts(model_cfg)
+def _row(run, peak: float, result: dict) -> dict:
+    model_cfg, batch_size = run.model_cfg, run.train_cfg.batch_size
+    counts = run.arch.counts(model_cfg)
     return {
         "arch": model_cfg.arch,
         "d_model": model_cfg.d_model,
@@ -74,6 +68,8 @@ def _row(model_cfg, batch_size: int, peak: float, result: dict) -> dict:
         "vocab_size": model_cfg.vocab_size,
         "batch_size": batch_size,
         "dtype": model_cfg.dtype,
+        "remat": model_cfg.remat,
+        "microbatches": run.train_cfg.microbatches,
         "params": counts.params,
         "active_params": counts.active_params,
         "devices": jax.device_count(),

@@ -80,8 +80,10 @@ def define_train_flags(names: tuple[str, ...] | None = None) -> None:
 
 
 def define_common_flags() -> None:
-    flags.DEFINE_string("mesh", "data=-1,model=1,expert=1", "Device mesh sizes; one entry may be -1 to fill.")
+    flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1,expert=1", "Device mesh sizes; one entry may be -1 to fill.")
     flags.DEFINE_string("workdir", None, "Output directory.")
+    flags.DEFINE_float("device_memory_gib", None, "Memory of one device to fit runs to (default: what the device "
+                                                  "reports; a CPU reports none and nothing is fitted).")
 
 
 def given(name: str) -> bool:
@@ -91,6 +93,14 @@ def given(name: str) -> bool:
 
 def mesh_config() -> MeshConfig:
     return MeshConfig.parse(FLAGS.mesh)
+
+
+def device_memory_gib() -> float | None:
+    """--device_memory_gib, checked."""
+    gib = FLAGS.device_memory_gib
+    if gib is not None and not gib > 0:
+        raise UsageError("--device_memory_gib", "must be a positive number of GiB (e.g. 80 for an H100)")
+    return gib
 
 
 def _values(config_type, skip: tuple[str, ...] = ()) -> dict:

@@ -4,7 +4,9 @@ Plans --num_sizes model sizes per architecture around the expected compute-optim
 plan with an estimated wall time measured on the current devices, then (unless --dry_run) trains
 every run, resumably, and writes results.jsonl, fits.json and isoflop.png into --workdir.
 The sweep picks each run's tokens, batch size (up to 512 sequences) and learning rate (Kaplan et al.'s
-rule per size); --batch_size and --learning_rate given explicitly apply to every run instead.
+rule per size); --batch_size and --learning_rate given explicitly apply to every run instead. Each
+run's remat and microbatches are fitted to the device memory (--device_memory_gib, or what the device
+reports) by compiling its train step (--dry_run too) and shown in the plan.
 """
 from absl import flags
 
@@ -12,6 +14,7 @@ from experiments import cli
 from scaling import sweep
 from scaling.config import UsageError
 from scaling.models.registry import ARCHITECTURES
+from scaling.train import fitting
 
 flags.DEFINE_float("budget", None, "Training FLOPs per run (e.g. 6e18).", required=True)
 flags.DEFINE_string("archs", "gpt", "Comma-separated architectures, one isoFLOP curve each.")
@@ -43,6 +46,8 @@ def main(argv) -> None:
     workdir = FLAGS.workdir or f"runs/isoflop-{FLAGS.budget:.3g}"
     if not FLAGS.dry_run:
         sweep.check_workdir(workdir, plan)
+    memory_gib = cli.device_memory_gib()
+    plan = sweep.fit_plan(plan, mesh_cfg, fitting.device_memory(memory_gib))
     seconds = sweep.estimate_seconds(plan, mesh_cfg)
     print(sweep.format_plan(plan, seconds))
     if sum(seconds.values()) > DAY:
@@ -50,7 +55,7 @@ def main(argv) -> None:
     if FLAGS.dry_run:
         return
     sweep.write_plan(workdir, plan)
-    sweep.run_sweep(plan, workdir, mesh_cfg, x_key=FLAGS.x_axis)
+    sweep.run_sweep(plan, workdir, mesh_cfg, x_key=FLAGS.x_axis, device_memory_gib=memory_gib)
     print(f"wrote {workdir}/results.jsonl, fits.json and isoflop.png")
 
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from scaling import sharding
 from scaling.config import MeshConfig, ModelConfig, TrainConfig
+from scaling.train import fitting
 from scaling.train.metrics import throughput
-from scaling.train.run import Run
 
 
 def random_batch(cfg: ModelConfig, batch_size: int, mesh) -> dict:
@@ -24,56 +24,64 @@ def random_batch(cfg: ModelConfig, batch_size: int, mesh) -> dict:
     return jax.device_put(host, sharding.batch_sharding(mesh))
 
 
-class _Runner:
-    """One model's compiled train step with its own state and batch."""
+def fit_for_timing(model_cfg: ModelConfig, batch_size: int, mesh_cfg: MeshConfig = MeshConfig(),
+                   memory: int | None = None) -> fitting.Fit:
+    """The model's run at one batch, remat and microbatches fitted to `memory` bytes per device."""
+    one_batch = TrainConfig(batch_size=batch_size, tokens=batch_size * model_cfg.seq_len)
+    return fitting.fit(model_cfg, one_batch, mesh_cfg, memory, name=model_cfg.arch, total_steps=1000)
 
-    def __init__(self, model_cfg: ModelConfig, batch_size: int, mesh):
-        one_batch = TrainConfig(batch_size=batch_size, tokens=batch_size * model_cfg.seq_len)
-        self.run = Run(model_cfg, one_batch, mesh, total_steps=1000)
-        self.cfg = self.run.model_cfg
-        self.state = self.run.init_state()
-        self.batch = random_batch(self.cfg, batch_size, mesh)
-        self.mesh = mesh
+
+class _Runner:
+    """One fitted run's compiled train step with its own state and batch."""
+
+    def __init__(self, fit: fitting.Fit):
+        self.fit, self.run = fit, fit.run
         start = time.perf_counter()
-        self.step = self.run.compile_train_step()
-        self.compile_s = time.perf_counter() - start
+        self.step = self.run.compiled_train_step
+        self.compile_s = fit.seconds + time.perf_counter() - start
+        self.state = self.run.init_state()
+        self.batch = random_batch(self.run.model_cfg, self.run.train_cfg.batch_size, self.run.mesh)
         self.times = []
 
     def advance(self, timed: bool) -> None:
-        with sharding.activate(self.mesh):
+        with sharding.activate(self.run.mesh):
             start = time.perf_counter()
             self.state, metrics = self.step(self.state, self.batch, None)
             jax.block_until_ready(metrics)
         if timed:
             self.times.append(time.perf_counter() - start)
 
+    def result(self) -> dict:
+        run, step_s = self.run, statistics.median(self.times)
+        counts = run.arch.counts(run.model_cfg)
+        tokens = run.train_cfg.batch_size * run.model_cfg.seq_len
+        return {
+            "step_s": step_s,
+            "compile_s": self.compile_s,
+            "flops_per_token": counts.flops_per_token,
+            "remat": run.model_cfg.remat,
+            "microbatches": run.train_cfg.microbatches,
+            "mesh": self.fit.mesh_cfg.text(),
+            "gib_per_device": run.memory_per_device() / fitting.GIB,
+            **throughput(counts.flops_per_token, tokens, step_s, run.mesh.size),
+        }
 
-def time_train_steps(
-    model_cfgs: list[ModelConfig],
-    batch_size: int,
-    mesh_cfg: MeshConfig = MeshConfig(),
-    *,
-    steps: int = 5,
-    warmup: int = 2,
-) -> list[dict]:
-    """Compiles every model's train step, then runs `warmup` untimed and `steps` timed rounds of one
-    step each; returns per model its median step time, compile time and throughput."""
-    mesh = sharding.make_mesh(mesh_cfg)
-    runners = [_Runner(cfg, batch_size, mesh) for cfg in model_cfgs]
+
+def time_fits(fits: list[fitting.Fit], *, steps: int = 5, warmup: int = 2) -> list[dict]:
+    """Compiles every fitted run's train step, then runs `warmup` untimed and `steps` timed rounds of one
+    step each; returns per run its median step time, compile time, throughput, fitted settings and
+    compiled memory per device."""
+    runners = [_Runner(fit) for fit in fits]
     for i in range(warmup + steps):
         for runner in runners:
             runner.advance(timed=i >= warmup)
-    results = []
-    for runner in runners:
-        step_s = statistics.median(runner.times)
-        counts = runner.run.arch.counts(runner.cfg)
-        results.append({
-            "step_s": step_s,
-            "compile_s": runner.compile_s,
-            "flops_per_token": counts.flops_per_token,
-            **throughput(counts.flops_per_token, batch_size * runner.cfg.seq_len, step_s, mesh.size),
-        })
-    return results
+    return [runner.result() for runner in runners]
+
+
+def time_train_steps(model_cfgs: list[ModelConfig], batch_size: int, mesh_cfg: MeshConfig = MeshConfig(), *,
+                     memory: int | None = None, **timing) -> list[dict]:
+    """`time_fits` of the models fitted at one batch size (scaling/train/fitting.py)."""
+    return time_fits([fit_for_timing(cfg, batch_size, mesh_cfg, memory) for cfg in model_cfgs], **timing)
 
 
 def time_train_step(model_cfg: ModelConfig, batch_size: int, mesh_cfg: MeshConfig = MeshConfig(), **timing) -> dict:

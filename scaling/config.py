@@ -60,7 +60,7 @@ class ArchOptions:
 
 
 DTYPES = ("float32", "bfloat16")
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("auto", "none", "dots", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +76,8 @@ class ModelConfig:
     seq_len: int = option(256, "Tokens per training sequence.")
     dtype: str = option("float32", "Compute dtype (parameters stay float32).", DTYPES)
     scan_layers: bool = option(True, "Scan over layers (compile once) instead of unrolling.")
-    remat: str = option("none", "Rematerialisation policy per block.", REMAT_POLICIES)
+    remat: str = option("auto", "Rematerialisation per block: none, dots (keep matmul outputs), full; auto: the "
+                                "cheapest that fits the device memory (none where it is unknown).", REMAT_POLICIES)
     init_std: float = option(0.02, "Standard deviation of the normal weight initialisation.")
     rope_base: float = option(10000.0, "Rotary embedding base.")
     options: ArchOptions = ArchOptions()
@@ -118,6 +119,8 @@ class TrainConfig:
 
     tokens: int = option(2_000_000, "Training tokens (fixes the number of steps; 2e7 is accepted).")
     batch_size: int = option(16, "Global batch size in sequences.")
+    microbatches: int = option(0, "Gradient-accumulation slices of each batch (0: the fewest that fit the device "
+                                  "memory; 1 where it is unknown).")
     learning_rate: float = option(3e-3, "Peak learning rate.")
     warmup_frac: float = option(0.05, "Fraction of the run spent in linear warmup.")
     weight_decay: float = option(0.1, "Decoupled weight decay on matrices.")
@@ -140,6 +143,8 @@ class TrainConfig:
         for name in ("batch_size", "eval_batches", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name}", "must be a positive integer")
+        if self.microbatches < 0:
+            raise UsageError("--microbatches", "must be >= 0 (0: chosen to fit the device memory)")
         check_positive(self, "learning_rate", "grad_clip", "eps")
         if not (0 <= self.warmup_frac < 1):
             raise UsageError("--warmup_frac", "must be in [0, 1)")
@@ -154,40 +159,49 @@ class TrainConfig:
         return self
 
 
-MESH_AXES = ("data", "model", "expert")
+MESH_AXES = ("data", "fsdp", "expert", "model")  # outermost first: 'model' on the fastest links
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Sizes of the ('data', 'model', 'expert') mesh; one entry may be -1 to fill the devices."""
+    """Sizes of the ('data', 'fsdp', 'expert', 'model') mesh; one entry may be -1 to fill the devices.
+
+    'data' replicates the state, 'fsdp' shards it (ZeRO-3), both split the batch, as 'expert' does.
+    """
 
     data: int = -1
     model: int = 1
     expert: int = 1
+    fsdp: int = 1
 
     @classmethod
     def parse(cls, text: str) -> "MeshConfig":
-        """Parses 'data=-1,model=2,expert=1' (missing axes keep their defaults)."""
+        """Parses 'data=-1,fsdp=1,model=2,expert=1' (missing axes keep their defaults)."""
         sizes = {}
         for item in filter(None, text.replace(" ", "").split(",")):
             name, _, value = item.partition("=")
             if name not in MESH_AXES or not value.lstrip("-").isdigit():
-                raise UsageError("--mesh", f"bad entry {item!r}; write e.g. data=-1,model=2,expert=1")
+                raise UsageError("--mesh", f"bad entry {item!r}; write e.g. data=-1,fsdp=1,model=2,expert=1")
             sizes[name] = int(value)
         return cls(**sizes)
 
-    def resolve(self, num_devices: int) -> tuple[int, int, int]:
-        """Returns concrete (data, model, expert) sizes whose product is `num_devices`."""
-        sizes = [self.data, self.model, self.expert]
-        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    def resolve(self, num_devices: int) -> dict[str, int]:
+        """Concrete sizes {axis: size}, in MESH_AXES order, whose product is `num_devices`."""
+        sizes = {axis: getattr(self, axis) for axis in MESH_AXES}
+        if list(sizes.values()).count(-1) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
             raise UsageError("--mesh", "sizes must be positive, with at most one -1 to fill")
-        known = math.prod(s for s in sizes if s != -1)
-        if -1 in sizes:
-            if num_devices % known:
-                raise UsageError("--mesh", f"{known} does not divide the {num_devices} devices")
-            sizes[sizes.index(-1)] = num_devices // known
-        if math.prod(sizes) != num_devices:
+        known = math.prod(s for s in sizes.values() if s != -1)
+        for axis, size in sizes.items():
+            if size == -1:
+                if num_devices % known:
+                    raise UsageError("--mesh", f"{known} does not divide the {num_devices} devices")
+                sizes[axis] = num_devices // known
+        if math.prod(sizes.values()) != num_devices:
             raise UsageError(
-                "--mesh", f"product {math.prod(sizes)} != {num_devices} devices; use -1 on one axis to fill"
+                "--mesh", f"product {math.prod(sizes.values())} != {num_devices} devices; use -1 on one axis to fill"
             )
-        return tuple(sizes)
+        return sizes
+
+    def text(self) -> str:
+        """The --mesh spelling of this mesh."""
+        return ",".join(f"{axis}={getattr(self, axis)}" for axis in MESH_AXES)

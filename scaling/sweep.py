@@ -18,6 +18,7 @@ from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.flops import CONVENTION
 from scaling.models.registry import get_architecture, model_config_from_dict
 from scaling.shapes import MAX_PARAMS, MIN_PARAMS, shape_for_params
+from scaling.train import fitting
 from scaling.train.loop import LAYOUT, train
 
 TOKENS_PER_PARAM = 20
@@ -175,19 +176,36 @@ def estimate_seconds(plan: dict, mesh_cfg: MeshConfig) -> dict[str, float]:
     return {r["run_id"]: r["tokens"] * r["flops_per_token"] / flops_per_s for r in plan["runs"]}
 
 
+def fit_plan(plan: dict, mesh_cfg: MeshConfig, memory: int | None, log=print) -> dict:
+    """Each run's remat, microbatches and mesh chosen to fit `memory` bytes per device (compile only;
+    scaling/train/fitting.py), with its compiled memory per device; unchanged settings where the
+    memory is unknown (a CPU: no remat, one microbatch). UsageError if a run cannot fit."""
+    for run in plan["runs"]:
+        fitted = fitting.fit(model_config_from_dict(run["model"]), TrainConfig(**run["train"]), mesh_cfg, memory,
+                             name=f"run {run['run_id']}")
+        run["model"]["remat"] = fitted.run.model_cfg.remat
+        run["train"]["microbatches"] = fitted.run.train_cfg.microbatches
+        run.update(mesh=dataclasses.asdict(fitted.mesh_cfg), gib_per_device=fitted.gib_per_device)
+        if fitted.note:
+            log(f"{run['run_id']}: {fitted.note}")
+    return plan
+
+
 def format_plan(plan: dict, seconds: dict[str, float]) -> str:
-    """The plan as a table with each run's estimated wall time."""
+    """The plan as a table with each run's fitted settings and estimated wall time."""
     lines = [
         f"isoFLOP plan: budget {plan['budget']:.3g} FLOPs, seq_len {plan['seq_len']}, data {plan['data']}",
         f"{'run_id':<18}{'d_model':>8}{'layers':>7}{'heads':>6}{'params':>12}{'nonembed':>12}"
-        f"{'tokens':>12}{'steps':>8}{'batch':>6}{'lr':>9}{'est. time':>11}",
+        f"{'tokens':>12}{'steps':>8}{'batch':>6}{'lr':>9}{'remat':>6}{'micro':>6}{'GiB/dev':>8}{'est. time':>11}",
     ]
     for r in plan["runs"]:
         m, t = r["model"], r["train"]
+        gib = "-" if r.get("gib_per_device") is None else f"{r['gib_per_device']:.3g}"
         lines.append(
             f"{r['run_id']:<18}{m['d_model']:>8}{m['n_layers']:>7}{m['n_heads']:>6}{r['params']:>12.3g}"
             f"{r['nonembed_params']:>12.3g}{r['tokens']:>12.3g}{r['steps']:>8}{t['batch_size']:>6}"
-            f"{t['learning_rate']:>9.2e}{format_duration(seconds[r['run_id']]):>11}"
+            f"{t['learning_rate']:>9.2e}{m['remat']:>6}{t['microbatches']:>6}{gib:>8}"
+            f"{format_duration(seconds[r['run_id']]):>11}"
         )
     lines.append(f"total estimated wall time: {format_duration(sum(seconds.values()))}")
     return "\n".join(lines)
@@ -211,8 +229,20 @@ def check_mesh(plan: dict, mesh_cfg: MeshConfig) -> None:
         get_architecture(model_cfg.arch).check_fits(mesh, model_cfg, run["train"]["batch_size"])
 
 
+def _unfitted(plan: dict) -> dict:
+    """The plan without the settings fitted to the devices (which may change when a sweep resumes elsewhere)."""
+    plan = json.loads(json.dumps(plan))
+    for run in plan["runs"]:
+        run["model"].pop("remat")
+        run["train"].pop("microbatches")
+        run.pop("mesh", None)
+        run.pop("gib_per_device", None)
+    return plan
+
+
 def check_workdir(workdir: str, plan: dict) -> None:
-    """Refuses a `workdir` that already holds a sweep with a different plan (never mix or overwrite results)."""
+    """Refuses a `workdir` that already holds a sweep with a different plan (never mix or overwrite
+    results); the settings fitted to the devices may differ."""
     path = os.path.join(workdir, "plan.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -220,15 +250,15 @@ def check_workdir(workdir: str, plan: dict) -> None:
         if existing.get("layout") != LAYOUT:
             raise UsageError("--workdir", f"{workdir} holds a sweep written by an earlier version of this toolkit "
                                           "(another parameter layout); choose a new --workdir")
-        if existing != json.loads(json.dumps(plan)):
+        if _unfitted(existing) != _unfitted(plan):
             raise UsageError("--workdir", f"{workdir} holds a sweep with a different plan; re-run its original "
                                           "command to resume it, or choose a new --workdir")
 
 
 def write_plan(workdir: str, plan: dict) -> None:
-    """Writes plan.json (once; `check_workdir` has vouched for an existing one)."""
+    """Writes plan.json, the plan as this invocation runs it (`check_workdir` has vouched for an existing one)."""
     path = os.path.join(workdir, "plan.json")
-    if jax.process_index() == 0 and not os.path.exists(path):
+    if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(path, "w") as f:
             json.dump(plan, f, indent=2)
@@ -248,6 +278,8 @@ def result_record(run: dict, summary: dict) -> dict:
         "steps": summary["steps"],
         "seq_len": run["model"]["seq_len"],
         "batch_size": run["train"]["batch_size"],
+        "remat": run["model"]["remat"],
+        "microbatches": run["train"]["microbatches"],
         "final_train_loss": summary["final_train_loss"],
         "final_eval_loss": summary["final_eval_loss"],
         "wall_s": summary["wall_s"],
@@ -264,19 +296,19 @@ def append_result(workdir: str, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def run_sweep(plan: dict, workdir: str, mesh_cfg: MeshConfig, log=print, x_key: str = "params") -> dict:
-    """Runs every planned run (finished ones are skipped, partial ones resume), then fits and plots
-    the loss against `x_key` (params, nonembed_params or active_params)."""
+def run_sweep(plan: dict, workdir: str, mesh_cfg: MeshConfig, log=print, x_key: str = "params",
+              device_memory_gib: float | None = None) -> dict:
+    """Runs every planned run (finished ones are skipped, partial ones resume) on its fitted mesh, then
+    fits and plots the loss against `x_key` (params, nonembed_params or active_params)."""
     done = {r["run_id"] for r in finished_results(workdir)}
     for i, run in enumerate(plan["runs"]):
         if run["run_id"] in done:
             log(f"[{i + 1}/{len(plan['runs'])}] {run['run_id']}: finished earlier, skipped")
             continue
         log(f"[{i + 1}/{len(plan['runs'])}] {run['run_id']}: {run['tokens']:.3g} tokens, {run['steps']} steps")
-        summary = train(
-            model_config_from_dict(run["model"]), TrainConfig(**run["train"]), mesh_cfg,
-            os.path.join(workdir, "runs", run["run_id"]),
-        )
+        run_mesh = MeshConfig(**run["mesh"]) if "mesh" in run else mesh_cfg
+        summary = train(model_config_from_dict(run["model"]), TrainConfig(**run["train"]), run_mesh,
+                        os.path.join(workdir, "runs", run["run_id"]), device_memory_gib=device_memory_gib)
         if jax.process_index() == 0:
             append_result(workdir, result_record(run, summary))
         log(f"    final eval loss {summary['final_eval_loss']:.4f} in {format_duration(summary['wall_s'])}")

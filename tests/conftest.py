@@ -9,13 +9,13 @@ import pytest  # noqa: E402
 from scaling.config import ModelConfig, TrainConfig  # noqa: E402
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_model() -> ModelConfig:
     """A model small enough to compile and train in a second, with heads divisible by 4."""
     return ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, seq_len=32)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_train() -> TrainConfig:
     """Eight steps of batch 8 on synthetic data, logging and evaluating every other step."""
     return TrainConfig(

@@ -12,7 +12,7 @@ def compiled_step_flops(cfg: ModelConfig, batch_size: int) -> float:
     """FLOPs XLA counts for one train step on one device."""
     mesh = sharding.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
     run = Run(cfg, TrainConfig(batch_size=batch_size, tokens=batch_size * cfg.seq_len), mesh, total_steps=100)
-    analysis = run.compile_train_step().cost_analysis()
+    analysis = run.compiled_train_step.cost_analysis()
     return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
 
 

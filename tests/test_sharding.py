@@ -15,16 +15,16 @@ from scaling.train.run import Run
 STEPS = 3
 
 
-def tiny_run(cfg, mesh_cfg, devices=None, batch_size=8) -> Run:
+def tiny_run(cfg, mesh_cfg, devices=None, batch_size=8, **train_changes) -> Run:
     """A 10-step run of `cfg` on synthetic data (lr 1e-2, no warmup) over the given mesh."""
     train_cfg = TrainConfig(learning_rate=1e-2, warmup_frac=0.0, batch_size=batch_size,
-                            tokens=10 * batch_size * cfg.seq_len, data="synthetic")
+                            tokens=10 * batch_size * cfg.seq_len, data="synthetic", **train_changes)
     return Run(cfg, train_cfg, sharding.make_mesh(mesh_cfg, devices))
 
 
-def train_on_mesh(cfg, mesh_cfg, devices=None, steps=STEPS):
+def train_on_mesh(cfg, mesh_cfg, devices=None, steps=STEPS, **train_changes):
     """(per-step losses, final state) of a few steps on synthetic data over the given mesh."""
-    run = tiny_run(cfg, mesh_cfg, devices)
+    run = tiny_run(cfg, mesh_cfg, devices, **train_changes)
     state, loader, step = run.init_state(), run.loader(), run.train_step()
     losses = []
     with sharding.activate(run.mesh):
@@ -104,6 +104,6 @@ def test_batch_must_divide_over_data_axes(tiny_model):
 
 def test_mesh_parsing():
     assert MeshConfig.parse("data=-1,model=2") == MeshConfig(data=-1, model=2, expert=1)
-    assert MeshConfig.parse("data=2,model=2,expert=2").resolve(8) == (2, 2, 2)
+    assert MeshConfig.parse("data=2,model=2,expert=2").resolve(8) == {"data": 2, "fsdp": 1, "expert": 2, "model": 2}
     with pytest.raises(UsageError):
         MeshConfig.parse("data=2,pipeline=4")

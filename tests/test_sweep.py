@@ -10,8 +10,8 @@ from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.models.registry import get_architecture, model_config, model_config_from_dict
 
 RESULT_KEYS = {"run_id", "arch", "budget", "params", "nonembed_params", "active_params", "flops_per_token", "tokens",
-               "steps", "seq_len", "batch_size", "final_train_loss", "final_eval_loss", "wall_s", "flops_convention",
-               "data_fingerprint"}
+               "steps", "seq_len", "batch_size", "remat", "microbatches", "final_train_loss", "final_eval_loss",
+               "wall_s", "flops_convention", "data_fingerprint"}
 
 
 def test_plan_at_6e18_is_chinchilla_like():

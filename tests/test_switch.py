@@ -27,7 +27,7 @@ MESHES = [(8, 1, 1), (2, 1, 4), (1, 1, 8), (2, 2, 2)]
 def train_on_mesh(mesh_cfg, devices=None, steps=3):
     """(per-step metrics, final state, compiled HLO text) of a few steps."""
     run = tiny_run(CFG, mesh_cfg, devices)
-    state, loader, step = run.init_state(), run.loader(), run.compile_train_step()
+    state, loader, step = run.init_state(), run.loader(), run.compiled_train_step
     history = []
     with sharding.activate(run.mesh):
         for i in range(steps):

@@ -29,11 +29,14 @@ def causal_attention(q, k, v, scale: float, mask: jax.Array | None = None) -> ja
     """Causal softmax attention over q, k, v [batch, length, heads, d_head].
 
     `mask` [batch, length] (optional) removes tokens as keys. The full T x T score matrix is what
-    scaling.flops counts. Half-precision inputs on a GPU go to the fused kernel that
-    jax.nn.dot_product_attention selects (cuDNN flash attention where available).
+    scaling.flops counts. Half-precision inputs on a GPU go to cuDNN's fused flash attention (jax's
+    default implementation is the XLA one, which materialises the scores), where cuDNN takes them.
     """
     if mask is None and q.dtype in FUSED_DTYPES and jax.default_backend() == "gpu":
-        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
+        try:
+            return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation="cudnn")
+        except (NotImplementedError, RuntimeError, ValueError):  # cuDNN absent or the shape unsupported
+            pass
     length = q.shape[1]
     visible = jnp.tril(jnp.ones((length, length), dtype=bool))
     if mask is not None:

@@ -55,7 +55,7 @@ def check_mesh(mesh, cfg: ModelConfig, batch_size: int) -> None:
     if tokens % size or (tokens // size) % ways:
         raise UsageError(
             "--group_size",
-            f"{opts.group_size} must divide the {tokens} tokens per batch into a multiple of data x expert = "
+            f"{opts.group_size} must divide the {tokens} tokens per batch into a multiple of data x fsdp x expert = "
             f"{ways} groups; e.g. --group_size={tokens // ways}",
         )
 

@@ -103,7 +103,7 @@ class Stack(nn.Module):
 
 
 def _remat(cfg: ModelConfig):
-    if cfg.remat == "none":
+    if cfg.remat in ("none", "auto"):  # auto is chosen by scaling/train/fitting.py; unfitted, it is none
         return _Period
     return nn.remat(_Period, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
 

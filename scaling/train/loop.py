@@ -21,7 +21,7 @@ from tqdm import tqdm
 from scaling import data, sharding
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.flops import CONVENTION
-from scaling.train import checkpoints
+from scaling.train import checkpoints, fitting
 from scaling.train.metrics import MetricsLog, throughput
 from scaling.train.run import Run
 from scaling.train.steps import Loss
@@ -32,7 +32,8 @@ LAYOUT = 2
 
 
 def run_config(run: Run, mesh_cfg: MeshConfig, extra: dict | None = None) -> dict:
-    """Everything that determines a run's results, as recorded in config.json."""
+    """Everything that determines a run's results, as recorded in config.json (with the remat,
+    microbatches and mesh its devices got, which may differ when it resumes elsewhere)."""
     return {
         "layout": LAYOUT,
         "model": dataclasses.asdict(run.model_cfg),
@@ -55,8 +56,15 @@ def _versions() -> dict:
     }
 
 
+# Settings that fit a run to its devices: they may change when it resumes elsewhere; the math does not.
+FITTED = {"model": ("remat",), "train": ("microbatches",)}
+
+
 def _comparable(config: dict) -> dict:
-    return {key: value for key, value in config.items() if key not in ("versions", "mesh")}
+    kept = {key: value for key, value in config.items() if key not in ("versions", "mesh", "memory")}
+    for part, fields in FITTED.items():
+        kept[part] = {key: value for key, value in kept[part].items() if key not in fields}
+    return kept
 
 
 def read_config(run_dir: str) -> dict | None:
@@ -72,18 +80,19 @@ def read_config(run_dir: str) -> dict | None:
     return config
 
 
-def _write_config(run_dir: str, config: dict) -> None:
-    """Writes config.json, or refuses to mix results with a different run already in `run_dir`.
+def _check_config(run_dir: str, config: dict) -> None:
+    """Refuses to mix results with a different run already in `run_dir`.
 
-    The mesh may differ between a run and its resumption (checkpoints restore onto any layout).
+    The mesh and the fitted settings may differ between a run and its resumption (checkpoints
+    restore onto any layout).
     """
     existing = read_config(run_dir)
-    if existing is not None:
-        if _comparable(existing) != _comparable(json.loads(json.dumps(config))):
-            raise UsageError(
-                "--workdir", f"{run_dir} holds a run with a different configuration; choose a new --workdir"
-            )
-        return
+    if existing is not None and _comparable(existing) != _comparable(json.loads(json.dumps(config))):
+        raise UsageError("--workdir", f"{run_dir} holds a run with a different configuration; choose a new --workdir")
+
+
+def _write_config(run_dir: str, config: dict) -> None:
+    """Writes config.json as this invocation runs it (mesh and fitted settings included)."""
     if jax.process_index() == 0:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.json"), "w") as f:
@@ -122,23 +131,30 @@ def train(
     loss: Loss | None = None,
     init_from: Callable | None = None,
     extra_config: dict | None = None,
+    device_memory_gib: float | None = None,
 ) -> dict:
     """Trains (or resumes) one run to `train_cfg.tokens`, or stops after `max_steps` with a checkpoint.
 
     `loss` (default: the LM loss) is what the optimizer minimises; `init_from` (optional) maps the
     model's fresh parameters to a new run's initial ones (a distilled student's copied weights);
     `extra_config` is recorded in config.json (and
-    must match on resumption), e.g. a distillation's teacher. Returns the summary (also written to
-    summary.json once the run is complete); a complete run with the same configuration is not
-    trained again.
+    must match on resumption), e.g. a distillation's teacher. Remat and microbatches left to fit are
+    chosen for the device memory (`device_memory_gib`, else what the device reports; see
+    scaling/train/fitting.py). Returns the summary (also written to summary.json once the run is
+    complete); a complete run with the same configuration is not trained again.
     """
-    run = Run(model_cfg, train_cfg, sharding.make_mesh(mesh_cfg), loss=loss)
-    config = run_config(run, mesh_cfg, extra_config)
-    _write_config(run_dir, config)
+    _check_config(run_dir, run_config(Run(model_cfg, train_cfg, sharding.make_mesh(mesh_cfg), loss=loss), mesh_cfg,
+                                      extra_config))
     summary_path = os.path.join(run_dir, "summary.json")
     if os.path.exists(summary_path):
         with open(summary_path) as f:
             return json.load(f)
+    fitted = fitting.fit(model_cfg, train_cfg, mesh_cfg, fitting.device_memory(device_memory_gib),
+                         name=f"run {os.path.basename(os.path.normpath(run_dir))}", loss=loss)
+    run = fitted.run
+    config = {**run_config(run, fitted.mesh_cfg, extra_config),
+              "memory": {"gib_per_device": fitted.gib_per_device, "note": fitted.note}}
+    _write_config(run_dir, config)
 
     stop_step = run.total_steps if max_steps is None else min(max_steps, run.total_steps)
     mngr = checkpoints.manager(run_dir, train_cfg.keep_checkpoints, train_cfg.checkpoint_every)
@@ -176,7 +192,7 @@ def _loop(run: Run, state, mngr, log: MetricsLog, flops_per_token: float, stop_s
     log_every = max(1, min(train_cfg.log_every, total_steps))
     tokens_per_step = train_cfg.batch_size * run.model_cfg.seq_len
     loader, evaluate, frozen = run.loader(), Evaluator(run), run.loss.frozen
-    step_fn = run.compile_train_step()
+    step_fn = run.compiled_train_step
     start_step = int(state.step)
     start_time = interval_start = time.perf_counter()
     pending, last = [], {"loss": float("nan"), "eval_loss": None}

@@ -3,6 +3,8 @@
 The training loop, the benchmarks, sampling, speedup and distillation all start here, so an
 architecture's model, optimizer recipe, post-step hook and mesh checks are looked up in one place.
 """
+import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -10,7 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from scaling import data, sharding
-from scaling.config import ModelConfig, TrainConfig
+from scaling.config import ModelConfig, TrainConfig, UsageError
 from scaling.models.registry import get_architecture
 from scaling.train import checkpoints
 from scaling.train.state import abstract_state, create_state
@@ -21,15 +23,24 @@ class Run:
     """The model, optimizer and schedule, state shardings, init/restore, and the jitted steps of one run.
 
     `loss` defaults to the LM loss; `total_steps` (default: the train config's) sets the schedule.
-    Configs are validated and the mesh is checked on construction (UsageError on bad input).
+    Configs are validated and the mesh is checked on construction (UsageError on bad input). Settings
+    left to fit the device memory resolve here to none (remat auto) and one microbatch (0);
+    scaling/train/fitting.py chooses them against a device's memory instead.
     """
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, mesh: Mesh, *, loss: Loss | None = None,
                  total_steps: int | None = None):
+        if model_cfg.remat == "auto":
+            model_cfg = dataclasses.replace(model_cfg, remat="none")
+        train_cfg = dataclasses.replace(train_cfg, microbatches=train_cfg.microbatches or 1)
         self.model_cfg = model_cfg.validate()
         self.train_cfg = train_cfg.validate(model_cfg.seq_len)
         self.arch = get_architecture(model_cfg.arch)
         self.arch.check_fits(mesh, model_cfg, train_cfg.batch_size)
+        per_device = train_cfg.batch_size // sharding.batch_ways(mesh)
+        if per_device % train_cfg.microbatches:
+            raise UsageError("--microbatches", f"{train_cfg.microbatches} does not divide the {per_device} sequences "
+                                               "per device of each batch")
         self.mesh = mesh
         self.loss = loss or LMLoss()
         self.total_steps = total_steps or train_cfg.steps(model_cfg.seq_len)
@@ -61,17 +72,26 @@ class Run:
         in and out (state donated) and the batch over the data axes."""
         frozen_shardings = jax.tree.map(lambda x: x.sharding, self.loss.frozen)
         return jax.jit(
-            make_train_step(self.model, self.tx, self.train_cfg.seed, self.loss, self.arch.post_step),
+            make_train_step(self.model, self.tx, self.train_cfg.seed, self.loss, self.arch.post_step,
+                            self.train_cfg.microbatches),
             in_shardings=(self.shardings, sharding.batch_sharding(self.mesh), frozen_shardings),
             out_shardings=(self.shardings, sharding.replicated(self.mesh)),
             donate_argnums=0,
         )
 
-    def compile_train_step(self):
+    @functools.cached_property
+    def compiled_train_step(self):
         """The train step compiled ahead of time for this run's state and batch (nothing allocated)."""
         frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.loss.frozen)
         with sharding.activate(self.mesh):
             return self.train_step().lower(self.abstract_state, self.batch_spec(), frozen).compile()
+
+    def memory_per_device(self) -> int:
+        """Bytes the compiled train step holds on one device: arguments, temporaries and the outputs that
+        do not reuse a donated argument's buffer (XLA's memory analysis)."""
+        memory = self.compiled_train_step.memory_analysis()
+        return (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+                - memory.alias_size_in_bytes)
 
     def eval_step(self):
         """(params, batch) -> (sum of token losses, tokens), jitted over the mesh."""

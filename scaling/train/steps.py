@@ -8,6 +8,7 @@ but never trains (a distillation teacher's parameters), passed to the step as an
 """
 from typing import Any, Callable, Protocol
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -57,13 +58,42 @@ class LMLoss:
         return lm_loss + sum(aux.values()), {"loss": lm_loss, **aux, **metrics}
 
 
+def split_microbatches(x: jax.Array, microbatches: int) -> jax.Array:
+    """[batch, ...] -> [microbatches, batch / microbatches, ...], microbatch i = rows i, i + m, i + 2m, ...
+    so that every microbatch spans every batch shard (each device holds a slice of each)."""
+    rows = x.reshape((x.shape[0] // microbatches, microbatches) + x.shape[1:]).swapaxes(0, 1)
+    return nn.with_logical_constraint(rows, (None, "batch") + (None,) * (x.ndim - 1))
+
+
 def make_train_step(model, tx: optax.GradientTransformation, seed: int, loss: Loss,
-                    post_step: Callable | None = None):
-    """(state, batch, frozen) -> (state, metrics): one optimizer step, then the architecture's post-step hook."""
+                    post_step: Callable | None = None, microbatches: int = 1):
+    """(state, batch, frozen) -> (state, metrics): one optimizer step, then the architecture's post-step hook.
+
+    With `microbatches` m > 1 the gradient is accumulated (in float32, a lax.scan) over m slices of the
+    batch and averaged, as are the metrics: the same step as the whole batch when every slice holds
+    as many target tokens (always, except for padded data), with a fraction of its activation memory.
+    """
+
+    def gradients(params, batch, frozen, rng):
+        return jax.grad(lambda p: loss(model, p, frozen, batch, rng), has_aux=True)(params)
+
+    def accumulated(params, batch, frozen, rng):
+        micro = jax.tree.map(lambda x: split_microbatches(x, microbatches), batch)
+
+        def add(total, index_and_batch):
+            index, batch_slice = index_and_batch
+            step = gradients(params, batch_slice, frozen, jax.random.fold_in(rng, index))
+            return jax.tree.map(jnp.add, total, step), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(gradients, params, first, frozen, rng))
+        total, _ = jax.lax.scan(add, zeros, (jnp.arange(microbatches), micro))
+        return jax.tree.map(lambda x: x / microbatches, total)
 
     def train_step(state: TrainState, batch, frozen):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
-        grads, metrics = jax.grad(lambda p: loss(model, p, frozen, batch, rng), has_aux=True)(state.params)
+        step_gradients = gradients if microbatches == 1 else accumulated
+        grads, metrics = step_gradients(state.params, batch, frozen, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if post_step is not None:

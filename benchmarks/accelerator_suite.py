@@ -1,0 +1,224 @@
+"""The accelerator suite: python -m benchmarks.accelerator_suite [--out DIR] [--sections mfu,archs,context,kernel].
+
+One command that measures, on the current device, what only an accelerator shows, and writes
+<out>/suite.jsonl (one JSON object per measurement) and <out>/suite.md (the tables):
+
+- mfu: `gpt` in bfloat16 at ~125M, ~350M and ~760M parameters, context 1024 and 2048, at 64k tokens
+  per batch, with remat and microbatches fitted to the device memory as the isoFLOP sweep fits them;
+- archs: the step time of every registered architecture over `gpt`'s at a ~350M shape, side by side
+  (alternating steps), every one with full remat (the same setting for all);
+- context: `tnl` and `gpt` training tokens/s and compiled memory per device from 1k to 64k tokens
+  per sequence at the same tokens per batch (fitted to the device memory);
+- kernel: the chunked Lightning Attention kernel (scaling/nn/linear_attention.py) against
+  jax.nn.dot_product_attention (cuDNN flash attention where available), forward and forward+backward,
+  at 4k..64k tokens, batch 4, 32 heads of 128, bfloat16 (the Lightning Attention-2 paper's setting).
+
+--tiny runs every section at toy sizes (the CPU test of tests/test_benchmarks.py), so it cannot rot.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from scaling.benchmark import fit_for_timing, time_fits
+from scaling.config import MeshConfig
+from scaling.models.registry import ARCHITECTURES, model_config
+from scaling.models.tnl import layer_decays
+from scaling.nn.attention import causal_attention
+from scaling.nn.linear_attention import linear_attention
+from scaling.shapes import d_ff_for
+from scaling.train import fitting
+from scaling.train.metrics import peak_tflops
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Sizes of every section."""
+
+    sizes: dict  # name -> (d_model, n_layers)
+    seq_lens: tuple[int, ...]
+    tokens_per_batch: int
+    arch_size: str
+    arch_seq_len: int
+    arch_batch: int
+    context_size: tuple[int, int]
+    context_lens: tuple[int, ...]
+    context_tokens: int
+    kernel_shape: tuple[int, int, int]  # batch, heads, head dim
+    kernel_lens: tuple[int, ...]
+    vocab_size: int = 32768
+    steps: int = 5
+    warmup: int = 2
+
+
+FULL = Profile(
+    sizes={"125M": (768, 12), "350M": (1024, 24), "760M": (1536, 24)},
+    seq_lens=(1024, 2048), tokens_per_batch=65536,
+    arch_size="350M", arch_seq_len=1024, arch_batch=16,
+    context_size=(1024, 12), context_lens=(1024, 4096, 16384, 32768, 65536), context_tokens=65536,
+    kernel_shape=(4, 32, 128), kernel_lens=(4096, 8192, 16384, 32768, 65536),
+)
+TINY = Profile(
+    sizes={"tiny": (64, 2)},
+    seq_lens=(64,), tokens_per_batch=256,
+    arch_size="tiny", arch_seq_len=64, arch_batch=8,
+    context_size=(64, 2), context_lens=(128,), context_tokens=256,
+    kernel_shape=(1, 2, 16), kernel_lens=(128,),
+    vocab_size=256, steps=1, warmup=1,
+)
+
+
+def shape(size: tuple[int, int], seq_len: int, vocab_size: int, arch: str = "gpt", **options):
+    """A bfloat16 model of the size family's proportions (head dim 64, d_ff 8/3 d)."""
+    d_model, n_layers = size
+    return model_config(arch, d_model=d_model, n_layers=n_layers, n_heads=d_model // 64, d_ff=d_ff_for(d_model),
+                        seq_len=seq_len, vocab_size=vocab_size, dtype="bfloat16", **options)
+
+
+def _row(section: str, fit, result: dict, **extra) -> dict:
+    counts = fit.run.arch.counts(fit.run.model_cfg)
+    cfg = fit.run.model_cfg
+    return {"section": section, "arch": cfg.arch, "params": counts.params, "d_model": cfg.d_model,
+            "n_layers": cfg.n_layers, "seq_len": cfg.seq_len, "batch_size": fit.run.train_cfg.batch_size,
+            **{k: result[k] for k in ("step_s", "tokens_per_s", "tflops_per_device", "mfu", "remat", "microbatches",
+                                      "gib_per_device", "compile_s")}, **extra}
+
+
+def mfu(profile: Profile, memory):
+    for name, size in profile.sizes.items():
+        for seq_len in profile.seq_lens:
+            fit = fit_for_timing(shape(size, seq_len, profile.vocab_size), profile.tokens_per_batch // seq_len,
+                                 MeshConfig(), memory)
+            result = time_fits([fit], steps=profile.steps, warmup=profile.warmup)[0]
+            yield _row("mfu", fit, result, size=name)
+
+
+def archs(profile: Profile, memory):
+    size = profile.sizes[profile.arch_size]
+    fits = [fit_for_timing(shape(size, profile.arch_seq_len, profile.vocab_size, arch, remat="full"),
+                           profile.arch_batch, MeshConfig(), memory) for arch in ARCHITECTURES]
+    results = time_fits(fits, steps=profile.steps, warmup=profile.warmup)
+    base = results[0]["step_s"]
+    for fit, result in zip(fits, results):
+        yield _row("archs", fit, result, size=profile.arch_size, step_ratio=result["step_s"] / base)
+
+
+def context(profile: Profile, memory):
+    for seq_len in profile.context_lens:
+        batch = max(1, profile.context_tokens // seq_len)
+        fits = [fit_for_timing(shape(profile.context_size, seq_len, profile.vocab_size, arch), batch, MeshConfig(),
+                               memory) for arch in ("gpt", "tnl")]
+        for fit, result in zip(fits, time_fits(fits, steps=profile.steps, warmup=profile.warmup)):
+            yield _row("context", fit, result)
+
+
+def median_seconds(fn, *args, repeats: int = 5) -> float:
+    """Median wall time of `fn(*args)` (synchronised) after two untimed calls."""
+    for _ in range(2):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _kernels(decay):
+    def chunked(q, k, v):
+        return linear_attention(q, k, v, decay, form="chunked", chunk_size=64)
+
+    def softmax(q, k, v):
+        return causal_attention(q, k, v, 1 / q.shape[-1] ** 0.5)
+
+    return {"lightning (chunked, XLA)": chunked, "softmax (cuDNN flash on GPU)": softmax}
+
+
+def kernel(profile: Profile, memory):
+    del memory
+    batch, heads, d_head = profile.kernel_shape
+    decay = jnp.asarray(layer_decays(heads, 2)[0])
+    for seq_len in profile.kernel_lens:
+        keys = jax.random.split(jax.random.key(seq_len), 3)
+        q, k, v = (jax.random.normal(key, (batch, seq_len, heads, d_head), jnp.bfloat16) for key in keys)
+        for name, fn in _kernels(decay).items():
+            row = {"section": "kernel", "kernel": name, "seq_len": seq_len, "batch": batch, "heads": heads,
+                   "d_head": d_head}
+            forward = jax.jit(fn)
+            backward = jax.jit(jax.grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v).astype(jnp.float32)), (0, 1, 2)))
+            for key, step in (("forward", forward), ("forward_backward", backward)):
+                try:
+                    compiled = step.lower(q, k, v).compile()
+                    row[f"{key}_temp_gib"] = compiled.memory_analysis().temp_size_in_bytes / 2**30
+                    row[f"{key}_ms"] = 1e3 * median_seconds(compiled, q, k, v)
+                except jax.errors.JaxRuntimeError as error:  # out of memory: recorded, the suite goes on
+                    row[f"{key}_ms"] = f"failed: {str(error).split(':')[0]}"
+            yield row
+
+
+SECTIONS = {"mfu": mfu, "archs": archs, "context": context, "kernel": kernel}
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]) -> list[str]:
+    def cell(value):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+        "| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows
+    ]
+
+
+COLUMNS = {
+    "mfu": ("size", "params", "seq_len", "batch_size", "remat", "microbatches", "gib_per_device", "tokens_per_s",
+            "tflops_per_device", "mfu"),
+    "archs": ("arch", "params", "seq_len", "batch_size", "step_s", "step_ratio", "tokens_per_s", "gib_per_device"),
+    "context": ("arch", "seq_len", "batch_size", "remat", "microbatches", "tokens_per_s", "gib_per_device"),
+    "kernel": ("kernel", "seq_len", "forward_ms", "forward_backward_ms", "forward_temp_gib",
+               "forward_backward_temp_gib"),
+}
+
+
+def markdown(rows: list[dict]) -> str:
+    device = jax.devices()[0]
+    lines = [f"Device: {device.device_kind} ({device.platform}), jax {jax.__version__}, "
+             f"peak {peak_tflops()} bf16 TFLOP/s for MFU"]
+    for section, columns in COLUMNS.items():
+        mine = [row for row in rows if row["section"] == section]
+        if mine:
+            lines += ["", f"### {section}", ""] + _table(mine, columns)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/accelerator_suite")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--tiny", action="store_true", help="Toy sizes (a CPU check that the suite runs).")
+    parser.add_argument("--device_memory_gib", type=float, default=None)
+    args = parser.parse_args()
+    profile = TINY if args.tiny else FULL
+    memory = fitting.device_memory(args.device_memory_gib)
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    with open(os.path.join(args.out, "suite.jsonl"), "w") as log:
+        for section in args.sections.split(","):
+            start = time.perf_counter()
+            for row in SECTIONS[section](profile, memory):
+                rows.append(row)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                print(json.dumps(row), flush=True)
+            print(f"# {section}: {time.perf_counter() - start:.0f}s", flush=True)
+    table = markdown(rows)
+    with open(os.path.join(args.out, "suite.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
