@@ -12,6 +12,7 @@ from scaling import data, distributed
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError, option_fields
 from scaling.models.registry import ARCHITECTURES, get_architecture
 from scaling.shapes import d_ff_for, shape_for_params
+from scaling.train.preemption import Preempted
 
 FLAGS = flags.FLAGS
 SHAPE_FLAGS = ("d_model", "n_layers", "n_heads", "d_ff")
@@ -139,8 +140,12 @@ def _parse_flags(argv):
         sys.exit(2)
 
 
+PREEMPTED = 143  # 128 + SIGTERM, as a shell reports a process it stopped
+
+
 def run(main) -> None:
-    """app.run(main) where a UsageError becomes 'error: --flag: fix' on stderr and exit status 2."""
+    """app.run(main) where a UsageError becomes 'error: --flag: fix' on stderr and exit status 2, and
+    a run stopped by SIGTERM (after saving) one line and exit status 143."""
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)
@@ -150,5 +155,8 @@ def run(main) -> None:
         except UsageError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except Preempted as stop:
+            print(stop, file=sys.stderr)
+            sys.exit(PREEMPTED)
 
     app.run(guarded, flags_parser=_parse_flags)

@@ -8,10 +8,11 @@ rule per size); --batch_size and --learning_rate given explicitly apply to every
 run's remat and microbatches are fitted to the device memory (--device_memory_gib, or what the device
 reports) by compiling its train step (--dry_run too) and shown in the plan.
 """
+import jax
 from absl import flags
 
 from experiments import cli
-from scaling import sweep
+from scaling import hardware, sweep
 from scaling.config import UsageError
 from scaling.models.registry import ARCHITECTURES
 from scaling.train import fitting
@@ -20,6 +21,10 @@ flags.DEFINE_float("budget", None, "Training FLOPs per run (e.g. 6e18).", requir
 flags.DEFINE_string("archs", "gpt", "Comma-separated architectures, one isoFLOP curve each.")
 flags.DEFINE_integer("num_sizes", 7, "Model sizes per architecture, evenly spaced in log N.")
 flags.DEFINE_bool("dry_run", False, "Print the plan and its estimated wall time; train nothing.")
+flags.DEFINE_string("target", None, "With --dry_run, plan for hardware you may not have: KIND:DEVICES (e.g. h100:16, "
+                                    "v5p:32): runs fitted to its memory, wall time from its peak at --assume_mfu.")
+flags.DEFINE_float("assume_mfu", None, "MFU for --target (default: the best this toolkit measured on that kind, "
+                                       "else 0.4).")
 flags.DEFINE_enum("x_axis", "params", ["params", "nonembed_params", "active_params"],
                   "Size the parabolas are fitted and plotted against (active_params: mixtures of experts by the "
                   "parameters a token uses).")
@@ -29,6 +34,22 @@ cli.define_common_flags()
 FLAGS = flags.FLAGS
 FLAGS.set_default("seq_len", 1024)  # the papers' context; the sweep contract (DESIGN.md)
 DAY = 86400.0
+
+
+def planned_target() -> tuple | None:
+    """(accelerator, devices, MFU) of --target, or None; it plans with --dry_run on as many (fake) devices."""
+    if FLAGS.target is None:
+        return None
+    accelerator, devices = hardware.parse_target(FLAGS.target)
+    if not FLAGS.dry_run:
+        raise UsageError("--target", "plans for other hardware and trains nothing: add --dry_run")
+    if jax.device_count() != devices:
+        raise UsageError("--target", f"plans {devices} devices but {jax.device_count()} are visible; simulate them "
+                                     f"with XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
+    mfu = FLAGS.assume_mfu or accelerator.measured_mfu or hardware.DEFAULT_MFU
+    if not 0 < mfu <= 1:
+        raise UsageError("--assume_mfu", "must be in (0, 1]")
+    return accelerator, devices, mfu
 
 
 def main(argv) -> None:
@@ -46,10 +67,17 @@ def main(argv) -> None:
     workdir = FLAGS.workdir or f"runs/isoflop-{FLAGS.budget:.3g}"
     if not FLAGS.dry_run:
         sweep.check_workdir(workdir, plan)
-    memory_gib = cli.device_memory_gib()
+    memory_gib, target = cli.device_memory_gib(), planned_target()
+    if target:
+        memory_gib = memory_gib or target[0].memory_gib
     plan = sweep.fit_plan(plan, mesh_cfg, fitting.device_memory(memory_gib))
-    seconds = sweep.estimate_seconds(plan, mesh_cfg)
+    seconds = sweep.estimate_on_target(plan, *target) if target else sweep.estimate_seconds(plan, mesh_cfg)
     print(sweep.format_plan(plan, seconds))
+    if target:
+        accelerator, devices, mfu = target
+        source = f"measured by this toolkit, {accelerator.measured_on}" if mfu == accelerator.measured_mfu \
+            else "an assumption"
+        print(f"wall time for {devices} x {accelerator.name} ({memory_gib:g} GiB each) at MFU {mfu:.2f} ({source})")
     if sum(seconds.values()) > DAY:
         print(f"WARNING: this sweep is estimated to take {sweep.format_duration(sum(seconds.values()))} on the current devices")
     if FLAGS.dry_run:

@@ -1,12 +1,15 @@
 """Submits a command as a multi-node SLURM GPU job: one task per node, each driving all its GPUs.
 
-    python -m launch.slurm --nodes 4 --gpus_per_node 8 --partition gpu --time 12:00:00 \\
-        --job_name gpt-1e9 -- python -m experiments.train --size 1e9 --workdir runs/gpt-1e9
+    python -m launch.slurm --nodes 2 --gpus_per_node 8 --partition gpu --time 2-00:00:00 \\
+        --job_name isoflop-6e18 -- python -m experiments.isoflop --budget 6e18 --workdir runs/isoflop-6e18
 
-The sbatch script is written to --output_dir (with the job's log) and submitted from the current
-directory, which like --workdir must be on a filesystem all nodes share; --dry_run prints it
+--time is required (a 6e18 sweep runs for days; no default could fit every job). The sbatch script
+is written to --output_dir (with the job's log) and submitted from the current directory, which like
+--workdir must be on a filesystem all nodes share (or --workdir a gs:// path); --dry_run prints it
 instead. Every task calls jax.distributed.initialize(), which reads the coordinator, process count
-and id from SLURM's environment (scaling/distributed.py).
+and id from SLURM's environment (scaling/distributed.py). The job is requeueable: SLURM sends SIGTERM
+--signal_lead seconds before the time limit (and on preemption); the trainer saves a checkpoint and
+exits with status 143, and the script requeues the job, which re-runs the command and resumes.
 """
 import os
 import re
@@ -41,16 +44,26 @@ def script(args, command: list[str], workdir: str) -> str:
         "time": args.time,
         "partition": args.partition,
         "output": os.path.join(os.path.abspath(args.output_dir), "%x-%j.out"),
+        "requeue": "",
+        "signal": f"B:TERM@{args.signal_lead}",
     }
     lines = ["#!/bin/bash"]
-    lines += [f"#SBATCH --{key}={value}" for key, value in directives.items() if value is not None]
+    lines += [f"#SBATCH --{key}" + (f"={value}" if value else "") for key, value in directives.items()
+              if value is not None]
     lines += [
-        "set -euo pipefail",
+        "set -uo pipefail",
         f"cd {shlex.quote(workdir)}",
         "# One process per node drives all its GPUs (JAX's SLURM default would give each task one GPU).",
         f"export JAX_LOCAL_DEVICE_IDS={','.join(map(str, range(args.gpus_per_node)))}",
         "export SCALING_DISTRIBUTED=auto",
-        f"srun --kill-on-bad-exit=1 {shlex.join(command)}",
+        f"srun --kill-on-bad-exit=1 {shlex.join(command)} &",
+        "step=$!",
+        "# SIGTERM (time limit or preemption): pass it on; the trainer checkpoints and exits with 143.",
+        'trap \'kill -TERM "$step"\' TERM',
+        'wait "$step"; status=$?',
+        'if [ "$status" -gt 128 ]; then wait "$step"; status=$?; fi  # the first wait was cut short by the trap',
+        'if [ "$status" -eq 143 ]; then scontrol requeue "$SLURM_JOB_ID"; fi',
+        'exit "$status"',
     ]
     return "\n".join(lines) + "\n"
 
@@ -72,7 +85,9 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--nodes", type=common.positive_int, default=1, help="Nodes (one task each).")
     parser.add_argument("--gpus_per_node", type=common.positive_int, default=8, help="GPUs per node.")
     parser.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's).")
-    parser.add_argument("--time", default="01:00:00", help="Wall-clock limit, e.g. 12:00:00.")
+    parser.add_argument("--time", required=True, help="Wall-clock limit per submission, e.g. 2-00:00:00.")
+    parser.add_argument("--signal_lead", type=common.positive_int, default=300,
+                        help="Seconds before the time limit at which SIGTERM asks the run to checkpoint.")
     parser.add_argument("--job_name", default="scaling", help="SLURM job name.")
     parser.add_argument("--output_dir", default="runs/slurm", help="Where the script and the job log go.")
     parser.add_argument("--dry_run", action="store_true", help="Print the script instead of submitting it.")

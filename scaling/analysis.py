@@ -9,9 +9,9 @@ touches pyplot's global state or the backend of the notebook or script that impo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 from matplotlib.figure import Figure
 from scipy.optimize import least_squares
 
@@ -24,7 +24,7 @@ MARKERS = "osD^vP<>X"
 
 def _read_jsonl(path) -> list[dict]:
     """Parse a JSON-lines file, skipping blank lines and a truncated (unparsable) last line."""
-    lines = [(i, line) for i, line in enumerate(Path(path).read_text().splitlines(), 1) if line.strip()]
+    lines = [(i, line) for i, line in enumerate(epath.Path(path).read_text().splitlines(), 1) if line.strip()]
     rows = []
     for k, (lineno, line) in enumerate(lines):
         try:
@@ -40,12 +40,12 @@ def load_results(*workdirs) -> list[dict]:
     """Concatenate the `results.jsonl` records of one or more sweep workdirs."""
     if not workdirs:
         raise ValueError("load_results needs at least one sweep workdir")
-    return [row for workdir in workdirs for row in _read_jsonl(Path(workdir) / "results.jsonl")]
+    return [row for workdir in workdirs for row in _read_jsonl(epath.Path(workdir) / "results.jsonl")]
 
 
 def load_metrics(run_dir) -> list[dict]:
     """The per-step records of one run, from `<run_dir>/metrics.jsonl`."""
-    return _read_jsonl(Path(run_dir) / "metrics.jsonl")
+    return _read_jsonl(epath.Path(run_dir) / "metrics.jsonl")
 
 
 def eval_curve(metrics, x_key: str = "step") -> tuple[np.ndarray, np.ndarray]:

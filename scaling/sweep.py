@@ -5,12 +5,13 @@ samples `num_sizes` sizes evenly in log N over N_opt / 4 .. 4 N_opt, each traine
 D = C / flops_per_token tokens with its own warmup + cosine schedule ending at D.
 """
 import dataclasses
+import io
 import json
 import math
-import os
 
 import jax
 import numpy as np
+from etils import epath
 
 from scaling import analysis, data, sharding
 from scaling.benchmark import time_train_step
@@ -20,6 +21,7 @@ from scaling.models.registry import get_architecture, model_config_from_dict
 from scaling.shapes import MAX_PARAMS, MIN_PARAMS, shape_for_params
 from scaling.train import fitting
 from scaling.train.loop import LAYOUT, train
+from scaling.train.metrics import append_line, make_parent, strict_json
 
 TOKENS_PER_PARAM = 20
 SPAN = 4.0
@@ -176,6 +178,12 @@ def estimate_seconds(plan: dict, mesh_cfg: MeshConfig) -> dict[str, float]:
     return {r["run_id"]: r["tokens"] * r["flops_per_token"] / flops_per_s for r in plan["runs"]}
 
 
+def estimate_on_target(plan: dict, accelerator, devices: int, mfu: float) -> dict[str, float]:
+    """Wall time per run on `devices` of `accelerator` at model FLOPs utilisation `mfu`."""
+    rate = devices * accelerator.peak_tflops * 1e12 * mfu
+    return {r["run_id"]: r["tokens"] * r["flops_per_token"] / rate for r in plan["runs"]}
+
+
 def fit_plan(plan: dict, mesh_cfg: MeshConfig, memory: int | None, log=print) -> dict:
     """Each run's remat, microbatches and mesh chosen to fit `memory` bytes per device (compile only;
     scaling/train/fitting.py), with its compiled memory per device; unchanged settings where the
@@ -243,10 +251,9 @@ def _unfitted(plan: dict) -> dict:
 def check_workdir(workdir: str, plan: dict) -> None:
     """Refuses a `workdir` that already holds a sweep with a different plan (never mix or overwrite
     results); the settings fitted to the devices may differ."""
-    path = os.path.join(workdir, "plan.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            existing = json.load(f)
+    path = epath.Path(workdir) / "plan.json"
+    if path.exists():
+        existing = json.loads(path.read_text())
         if existing.get("layout") != LAYOUT:
             raise UsageError("--workdir", f"{workdir} holds a sweep written by an earlier version of this toolkit "
                                           "(another parameter layout); choose a new --workdir")
@@ -255,17 +262,21 @@ def check_workdir(workdir: str, plan: dict) -> None:
                                           "command to resume it, or choose a new --workdir")
 
 
+def _write(workdir: str, name: str, content: str | bytes) -> None:
+    """Writes <workdir>/<name> from process 0, the one writer of a sweep's shared files."""
+    if jax.process_index() == 0:
+        path = epath.Path(workdir) / name
+        make_parent(path)
+        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+
+
 def write_plan(workdir: str, plan: dict) -> None:
     """Writes plan.json, the plan as this invocation runs it (`check_workdir` has vouched for an existing one)."""
-    path = os.path.join(workdir, "plan.json")
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(plan, f, indent=2)
+    _write(workdir, "plan.json", json.dumps(plan, indent=2))
 
 
 def result_record(run: dict, summary: dict) -> dict:
-    """One results.jsonl line (the CONTRACT in DESIGN.md)."""
+    """One results.jsonl line (the CONTRACT in DESIGN.md); a diverged run has null losses."""
     return {
         "run_id": run["run_id"],
         "arch": run["arch"],
@@ -282,6 +293,7 @@ def result_record(run: dict, summary: dict) -> dict:
         "microbatches": run["train"]["microbatches"],
         "final_train_loss": summary["final_train_loss"],
         "final_eval_loss": summary["final_eval_loss"],
+        "status": summary["status"],
         "wall_s": summary["wall_s"],
         "flops_convention": CONVENTION,
         "data_fingerprint": data.fingerprint(run["train"]["data"]),
@@ -289,11 +301,8 @@ def result_record(run: dict, summary: dict) -> dict:
 
 
 def append_result(workdir: str, record: dict) -> None:
-    """Appends one line in a single write and fsyncs it, so an interrupted sweep never leaves half a line."""
-    with open(os.path.join(workdir, "results.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Appends one strict-JSON line (an interrupted sweep never leaves half a line)."""
+    append_line(epath.Path(workdir) / "results.jsonl", strict_json(record))
 
 
 def run_sweep(plan: dict, workdir: str, mesh_cfg: MeshConfig, log=print, x_key: str = "params",
@@ -308,25 +317,30 @@ def run_sweep(plan: dict, workdir: str, mesh_cfg: MeshConfig, log=print, x_key: 
         log(f"[{i + 1}/{len(plan['runs'])}] {run['run_id']}: {run['tokens']:.3g} tokens, {run['steps']} steps")
         run_mesh = MeshConfig(**run["mesh"]) if "mesh" in run else mesh_cfg
         summary = train(model_config_from_dict(run["model"]), TrainConfig(**run["train"]), run_mesh,
-                        os.path.join(workdir, "runs", run["run_id"]), device_memory_gib=device_memory_gib)
+                        str(epath.Path(workdir) / "runs" / run["run_id"]), device_memory_gib=device_memory_gib)
         if jax.process_index() == 0:
             append_result(workdir, result_record(run, summary))
-        log(f"    final eval loss {summary['final_eval_loss']:.4f} in {format_duration(summary['wall_s'])}")
+        if summary["status"] == "diverged":
+            log(f"    diverged at step {summary['diverged']['step']}: {summary['diverged']['what']} (left out of the fit)")
+        else:
+            log(f"    final eval loss {summary['final_eval_loss']:.4f} in {format_duration(summary['wall_s'])}")
     return finish(workdir, x_key)
 
 
 def finished_results(workdir: str) -> list[dict]:
     """The results.jsonl records written so far (none before the first run finishes)."""
-    return analysis.load_results(workdir) if os.path.exists(os.path.join(workdir, "results.jsonl")) else []
+    return analysis.load_results(workdir) if (epath.Path(workdir) / "results.jsonl").exists() else []
 
 
 def finish(workdir: str, x_key: str = "params") -> dict:
-    """Fits a parabola in log `x_key` per architecture, writes fits.json and isoflop.png, returns the fits."""
+    """Fits a parabola in log `x_key` per architecture (diverged runs left out), writes fits.json and
+    isoflop.png, returns the fits."""
     results = finished_results(workdir)
     fits = analysis.fit_sweep(results, x_key)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "fits.json"), "w") as f:
-            json.dump(fits, f, indent=2)
-        analysis.plot_isoflop(results, fits, os.path.join(workdir, "isoflop.png"), x_key)
+        _write(workdir, "fits.json", json.dumps(fits, indent=2))
+        image = io.BytesIO()
+        analysis.plot_isoflop(results, fits, image, x_key)
+        _write(workdir, "isoflop.png", image.getvalue())
         print(analysis.format_table(results, fits))
     return fits

@@ -3,6 +3,7 @@ supervision, one-line usage errors, and the SLURM script and gcloud commands in 
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -86,13 +87,16 @@ def test_local_stops_the_others_when_one_fails():
         (["launch.local", "--num_processes", "2"], "command"),
         (["launch.local", "--num_processes", "2", "--"], "command"),
         (["launch.local", "--", "no-such-program-xyz"], "command"),
-        (["launch.slurm", "--nodes", "0", "--dry_run", "--", "true"], "--nodes"),
+        (["launch.slurm", "--time", "1:00", "--nodes", "0", "--dry_run", "--", "true"], "--nodes"),
         (["launch.slurm", "--time", "soon", "--dry_run", "--", "true"], "--time"),
-        (["launch.slurm", "--job_name", "my job", "--dry_run", "--", "true"], "--job_name"),
-        (["launch.slurm", "--dry_run"], "command"),
+        (["launch.slurm", "--dry_run", "--", "true"], "--time"),
+        (["launch.slurm", "--time", "1:00", "--job_name", "my job", "--dry_run", "--", "true"], "--job_name"),
+        (["launch.slurm", "--time", "1:00", "--dry_run"], "command"),
         (["launch.tpu_pod", "--zone", "z", "--repo_dir", "r", "--dry_run", "--", "true"], "--tpu_name"),
         (["launch.tpu_pod", "--tpu_name", "t", "--zone", "z", "--repo_dir", "", "--dry_run", "--", "x"], "--repo_dir"),
         (["launch.tpu_pod", "--tpu_name", "t", "--zone", "z", "--repo_dir", "r", "--dry_run"], "command"),
+        (["launch.tpu_pod", "--tpu_name", "t", "--zone", "z", "--repo_dir", "r", "--sync", "clone", "--dry_run",
+          "--", "x"], "--repo_url"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(args, flag):
@@ -112,17 +116,38 @@ def test_slurm_dry_run_prints_the_sbatch_script(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == "#!/bin/bash"
     directives = ["--job-name=gpt-1e9", "--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=8", "--time=12:00:00"]
-    directives += ["--partition=gpu", f"--output={out}/%x-%j.out"]
+    directives += ["--partition=gpu", f"--output={out}/%x-%j.out", "--requeue", "--signal=B:TERM@300"]
     assert [line for line in lines if line.startswith("#SBATCH")] == [f"#SBATCH {d}" for d in directives]
     assert f"cd {shlex.quote(ROOT)}" in lines
     assert "export JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7" in lines
     assert "export SCALING_DISTRIBUTED=auto" in lines
-    assert lines[-1] == "srun --kill-on-bad-exit=1 python -m experiments.train --workdir 'runs/a b'"
+    assert "srun --kill-on-bad-exit=1 python -m experiments.train --workdir 'runs/a b' &" in lines
+    assert 'if [ "$status" -eq 143 ]; then scontrol requeue "$SLURM_JOB_ID"; fi' in lines
     assert not out.exists()
 
 
+def test_slurm_script_requeues_a_run_stopped_by_sigterm(tmp_path):
+    """The generated script, run by bash with stand-ins for srun and scontrol: SIGTERM to the script
+    reaches the command, whose exit status 143 requeues the job."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\nshift\ntrap "exit 143" TERM\nsleep 30 & wait $!\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" > {tmp_path}/requeued\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    result = python(["-m", "launch.slurm", "--time", "1:00", "--dry_run", "--", "train"])
+    script = tmp_path / "job.sbatch"
+    script.write_text(result.stdout)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42"}
+    job = subprocess.Popen(["bash", str(script)], env=env)
+    time.sleep(1.0)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=30) == 143
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "42"]
+
+
 def test_slurm_leaves_out_an_unset_partition():
-    result = python(["-m", "launch.slurm", "--dry_run", "--", "true"])
+    result = python(["-m", "launch.slurm", "--time", "1:00", "--dry_run", "--", "true"])
     assert result.returncode == 0 and "#SBATCH --nodes=1" in result.stdout and "--partition" not in result.stdout
 
 
@@ -131,16 +156,24 @@ def test_tpu_pod_dry_run_prints_the_gcloud_commands():
     command = ["python", "-m", "experiments.train", "--workdir", "gs://bucket/run 1"]
     result = python(["-m", "launch.tpu_pod", *flags, "--setup", "--dry_run", "--", *command])
     assert result.returncode == 0, result.stderr
-    setup, train = [shlex.split(line) for line in result.stdout.splitlines()]
-    gcloud = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone", "us-east5-a", "--project", "proj"]
-    assert setup[:-1] == train[:-1] == [*gcloud, "--worker=all", "--command"]
-    assert setup[-1] == "cd ~/'my repo' && pip install -e ."
+    pack, copy, unpack, setup, train = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert pack[:2] == ["sh", "-c"] and "git ls-files -z | tar" in pack[2]
+    gcloud = ["gcloud", "compute", "tpus", "tpu-vm"]
+    where = ["--zone", "us-east5-a", "--project", "proj", "--worker=all"]
+    assert copy == [*gcloud, "scp", "/tmp/scaling-src.tar.gz", "pod:/tmp/scaling-src.tar.gz", *where]
+    assert unpack[:-1] == setup[:-1] == train[:-1] == [*gcloud, "ssh", "pod", *where, "--command"]
+    assert unpack[-1] == "mkdir -p ~/'my repo' && tar -xzf /tmp/scaling-src.tar.gz -C ~/'my repo'"
+    assert setup[-1] == "cd ~/'my repo' && pip install -e '.[data]'"
     assert shlex.split(train[-1]) == ["cd", "~/my repo", "&&", "SCALING_DISTRIBUTED=auto", *command]
 
 
-def test_tpu_pod_without_setup_runs_only_the_command():
+def test_tpu_pod_clones_or_uses_the_repository_in_place():
     flags = ["--tpu_name", "t", "--zone", "z", "--repo_dir", "/srv/repo", "--dry_run"]
-    result = python(["-m", "launch.tpu_pod", *flags, "--", "true"])
-    assert result.returncode == 0
+    result = python(["-m", "launch.tpu_pod", *flags, "--sync", "none", "--", "true"])
     command = "'cd /srv/repo && SCALING_DISTRIBUTED=auto true'"
     assert result.stdout.splitlines() == [f"gcloud compute tpus tpu-vm ssh t --zone z --worker=all --command {command}"]
+    cloned = python(["-m", "launch.tpu_pod", *flags, "--sync", "clone", "--repo_url", "https://example.org/s.git",
+                     "--revision", "v1", "--", "true"])
+    clone = shlex.split(cloned.stdout.splitlines()[0])[-1]
+    assert clone == ("(git -C /srv/repo fetch origin || git clone https://example.org/s.git /srv/repo) "
+                     "&& git -C /srv/repo checkout v1")

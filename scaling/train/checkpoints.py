@@ -1,13 +1,17 @@
-"""Orbax checkpointing of the sharded train state: periodic and final saves, keep the last K, resume."""
+"""Orbax checkpointing of the sharded train state: periodic and final saves, keep the last K, resume.
+
+Every process writes its own shards (orbax and tensorstore; gs:// works as a run directory)."""
 import os
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def manager(run_dir: str, keep: int, every: int) -> ocp.CheckpointManager:
     """A CheckpointManager over <run_dir>/checkpoints saving every `every` steps, keeping the last `keep`."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(1, every), create=True)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(run_dir, "checkpoints")), options=options)
+    path = epath.Path(run_dir) / "checkpoints"
+    return ocp.CheckpointManager(path if path.is_absolute() else epath.Path(os.path.abspath(path)), options=options)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state):

@@ -1,11 +1,16 @@
 """The training loop: the only place with side effects (data, logging, evaluation, checkpoints).
 
-A run directory holds config.json, metrics.jsonl, checkpoints/ and, once finished, summary.json.
-Re-running with the same configuration resumes from the latest checkpoint; the batch at step s is
-a pure function of (seed, s), so a resumed run reads exactly what the uninterrupted one would have.
+A run directory (a local path or any etils.epath one, e.g. gs://bucket/run) holds config.json,
+metrics.jsonl (strict JSON: null for a non-finite value), checkpoints/ and, once the run ends,
+summary.json with its status: complete, or diverged (a non-finite loss or gradient norm stops the
+run at once; no non-finite state is ever checkpointed). SIGTERM saves the current step and stops
+(scaling/train/preemption.py). Re-running with the same configuration resumes from the latest
+checkpoint; the batch at step s is a pure function of (seed, s), so a resumed run reads exactly
+what the uninterrupted one would have.
 """
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -16,13 +21,15 @@ import jax
 import numpy as np
 import optax
 import orbax.checkpoint
+from etils import epath
 from tqdm import tqdm
 
 from scaling import data, sharding
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.flops import CONVENTION
 from scaling.train import checkpoints, fitting
-from scaling.train.metrics import MetricsLog, throughput
+from scaling.train.metrics import MetricsLog, make_parent, throughput
+from scaling.train.preemption import Preempted, PreemptionWatch
 from scaling.train.run import Run
 from scaling.train.steps import Loss
 
@@ -69,11 +76,10 @@ def _comparable(config: dict) -> dict:
 
 def read_config(run_dir: str) -> dict | None:
     """config.json of a run directory (None if there is none); a run of another layout is refused."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
+    path = epath.Path(run_dir) / "config.json"
+    if not path.exists():
         return None
-    with open(path) as f:
-        config = json.load(f)
+    config = json.loads(path.read_text())
     if config.get("layout") != LAYOUT:
         raise UsageError("--workdir", f"{run_dir} was written by an earlier version of this toolkit (another "
                                       "parameter layout) and cannot be resumed; choose a new --workdir")
@@ -91,17 +97,34 @@ def _check_config(run_dir: str, config: dict) -> None:
         raise UsageError("--workdir", f"{run_dir} holds a run with a different configuration; choose a new --workdir")
 
 
+def _write_json(path: epath.Path, record: dict) -> None:
+    """Writes one JSON file from process 0 (the one writer of shared files)."""
+    if jax.process_index() == 0:
+        make_parent(path)
+        path.write_text(json.dumps(record, indent=2))
+
+
 def _write_config(run_dir: str, config: dict) -> None:
     """Writes config.json as this invocation runs it (mesh and fitted settings included)."""
-    if jax.process_index() == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump({**config, "versions": _versions()}, f, indent=2)
+    _write_json(epath.Path(run_dir) / "config.json", {**config, "versions": _versions()})
 
 
-def _mean_metrics(pending: list[dict]) -> dict:
-    """Host-side means of the per-step metric dicts gathered since the last log."""
+class Diverged(Exception):
+    """A non-finite loss or gradient norm at `step`; the run stops there."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"diverged at step {step}: {what}")
+        self.step, self.what = step, what
+
+
+def _interval_means(steps: list[int], pending: list[dict]) -> dict:
+    """Host-side means of the per-step metrics since the last log; Diverged at the first step whose
+    loss or gradient norm is not finite."""
     fetched = jax.device_get(pending)
+    for step, metrics in zip(steps, fetched):
+        for name in ("loss", "grad_norm"):
+            if not math.isfinite(float(metrics[name])):
+                raise Diverged(step, f"{name} {float(metrics[name])}")
     return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
 
 
@@ -137,20 +160,20 @@ def train(
 
     `loss` (default: the LM loss) is what the optimizer minimises; `init_from` (optional) maps the
     model's fresh parameters to a new run's initial ones (a distilled student's copied weights);
-    `extra_config` is recorded in config.json (and
-    must match on resumption), e.g. a distillation's teacher. Remat and microbatches left to fit are
-    chosen for the device memory (`device_memory_gib`, else what the device reports; see
-    scaling/train/fitting.py). Returns the summary (also written to summary.json once the run is
-    complete); a complete run with the same configuration is not trained again.
+    `extra_config` is recorded in config.json (and must match on resumption), e.g. a distillation's
+    teacher. Remat and microbatches left to fit are chosen for the device memory (`device_memory_gib`,
+    else what the device reports; see scaling/train/fitting.py). Returns the summary, written to
+    summary.json once the run ends (status complete or diverged); an ended run with the same
+    configuration is not trained again. Raises Preempted after saving on SIGTERM.
     """
+    name = os.path.basename(os.path.normpath(str(run_dir)))
     _check_config(run_dir, run_config(Run(model_cfg, train_cfg, sharding.make_mesh(mesh_cfg), loss=loss), mesh_cfg,
                                       extra_config))
-    summary_path = os.path.join(run_dir, "summary.json")
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            return json.load(f)
+    summary_path = epath.Path(run_dir) / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
     fitted = fitting.fit(model_cfg, train_cfg, mesh_cfg, fitting.device_memory(device_memory_gib),
-                         name=f"run {os.path.basename(os.path.normpath(run_dir))}", loss=loss)
+                         name=f"run {name}", loss=loss)
     run = fitted.run
     config = {**run_config(run, fitted.mesh_cfg, extra_config),
               "memory": {"gib_per_device": fitted.gib_per_device, "note": fitted.note}}
@@ -161,69 +184,92 @@ def train(
     state = run.restore(mngr)
     if state is None:
         state = run.init_state(init_from)
-    log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"))
+    log = MetricsLog(epath.Path(run_dir) / "metrics.jsonl")
     history = log.truncate_after(int(state.step))
-    wall_offset = history[-1]["wall_s"] if history else 0.0
-    start_time = time.perf_counter()
-    last = _loop(run, state, mngr, log, config["counts"]["flops_per_token"], stop_step, wall_offset)
+    loop = _Loop(run, mngr, log, config["counts"]["flops_per_token"], history[-1]["wall_s"] if history else 0.0)
+    status, diverged = "complete", None
+    try:
+        with PreemptionWatch() as watch:
+            loop.train(state, stop_step, watch, name)
+    except Diverged as error:
+        status, diverged = "diverged", {"step": error.step, "what": error.what, "last_checkpoint": mngr.latest_step()}
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
     summary = {
-        "steps": stop_step,
-        "complete": stop_step == run.total_steps,
-        "tokens": stop_step * train_cfg.batch_size * model_cfg.seq_len,
-        "final_train_loss": last["loss"],
-        "final_eval_loss": last["eval_loss"],
-        "wall_s": wall_offset + time.perf_counter() - start_time,
+        "status": status,
+        "steps": diverged["step"] if diverged else stop_step,
+        "complete": status == "complete" and stop_step == run.total_steps,
+        "tokens": (diverged["step"] if diverged else stop_step) * train_cfg.batch_size * model_cfg.seq_len,
+        "final_train_loss": None if diverged else loop.last["loss"],
+        "final_eval_loss": None if diverged else loop.last["eval_loss"],
+        "wall_s": loop.wall_s,
         **config["counts"],
+        **({"diverged": diverged} if diverged else {}),
     }
-    if summary["complete"] and jax.process_index() == 0:
-        with open(summary_path, "w") as f:
-            json.dump(summary, f, indent=2)
+    if summary["complete"] or diverged:
+        _write_json(summary_path, summary)
     return summary
 
 
-def _loop(run: Run, state, mngr, log: MetricsLog, flops_per_token: float, stop_step: int, wall_offset: float):
-    """Steps from the restored step to `stop_step`, logging, evaluating and checkpointing on schedule.
+class _Loop:
+    """Steps a run, logging, evaluating and checkpointing on schedule (the step compiled ahead of time,
+    so the first interval's throughput excludes compilation). Metrics are fetched, and checked for
+    divergence, at every log, eval and checkpoint step, so a checkpoint only ever holds finite state."""
 
-    The step is compiled ahead of time, so the first interval's throughput excludes compilation.
-    Returns the last logged {"loss", "eval_loss"}.
-    """
-    train_cfg, total_steps = run.train_cfg, run.total_steps
-    eval_every = train_cfg.eval_every or max(1, total_steps // 10)
-    log_every = max(1, min(train_cfg.log_every, total_steps))
-    tokens_per_step = train_cfg.batch_size * run.model_cfg.seq_len
-    loader, evaluate, frozen = run.loader(), Evaluator(run), run.loss.frozen
-    step_fn = run.compiled_train_step
-    start_step = int(state.step)
-    start_time = interval_start = time.perf_counter()
-    pending, last = [], {"loss": float("nan"), "eval_loss": None}
-    show = sys.stderr.isatty() and jax.process_index() == 0
-    bar = tqdm(total=stop_step, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
-    with sharding.activate(run.mesh):
-        for step in range(start_step, stop_step):
-            state, metrics = step_fn(state, loader(step), frozen)
-            pending.append(metrics)
-            done = step + 1
-            is_eval = done % eval_every == 0 or done == total_steps
-            if done % log_every == 0 or is_eval or done == stop_step:
-                means = _mean_metrics(pending)  # blocks until the interval's steps are done
-                now = time.perf_counter()
-                record = {
-                    **means,
-                    **throughput(flops_per_token, len(pending) * tokens_per_step, now - interval_start, run.mesh.size),
-                    "step": done,
-                    "tokens": done * tokens_per_step,
-                    "flops": done * tokens_per_step * flops_per_token,
-                    "lr": float(run.schedule(step)),
-                    "eval_loss": evaluate(state.params) if is_eval else None,
-                    "wall_s": wall_offset + now - start_time,
-                }
-                log.write(record)
-                last.update(loss=record["loss"], eval_loss=record["eval_loss"] or last["eval_loss"])
-                bar.set_postfix(loss=f"{record['loss']:.3f}", eval=f"{last['eval_loss'] or float('nan'):.3f}")
-                pending, interval_start = [], time.perf_counter()
-            checkpoints.save(mngr, done, state, force=done == stop_step)
-            bar.update(1)
-    bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    return last
+    def __init__(self, run: Run, mngr, log: MetricsLog, flops_per_token: float, wall_offset: float):
+        self.run, self.mngr, self.log, self.flops_per_token = run, mngr, log, flops_per_token
+        self.wall_offset = self.wall_s = wall_offset
+        cfg = run.train_cfg
+        self.eval_every = cfg.eval_every or max(1, run.total_steps // 10)
+        self.log_every = max(1, min(cfg.log_every, run.total_steps))
+        self.tokens_per_step = cfg.batch_size * run.model_cfg.seq_len
+        self.evaluate = Evaluator(run)
+        self.last = {"loss": float("nan"), "eval_loss": None}
+
+    def train(self, state, stop_step: int, watch: PreemptionWatch, name: str) -> None:
+        run, loader, frozen = self.run, self.run.loader(), self.run.loss.frozen
+        step_fn = run.compiled_train_step
+        start_step, start_time = int(state.step), time.perf_counter()
+        self.interval_start, steps, pending = start_time, [], []
+        show = sys.stderr.isatty() and jax.process_index() == 0
+        bar = tqdm(total=stop_step, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
+        with sharding.activate(run.mesh):
+            for step in range(start_step, stop_step):
+                state, metrics = step_fn(state, loader(step), frozen)
+                done = step + 1
+                steps.append(done)
+                pending.append(metrics)
+                stopping = watch.reached(done, self.mngr)
+                is_eval = done % self.eval_every == 0 or done == run.total_steps
+                saving = stopping or done == stop_step or self.mngr.should_save(done)
+                if done % self.log_every == 0 or is_eval or saving:
+                    self._record(state, steps, pending, is_eval, start_time)
+                    bar.set_postfix(loss=f"{self.last['loss']:.3f}", eval=f"{self.last['eval_loss'] or math.nan:.3f}")
+                    steps, pending = [], []
+                if saving:
+                    checkpoints.save(self.mngr, done, state, force=True)
+                bar.update(1)
+                if stopping:
+                    raise Preempted(name, done)
+        bar.close()
+
+    def _record(self, state, steps, pending, is_eval: bool, start_time: float) -> None:
+        """Logs one interval's means (blocking until its steps are done), with an eval if due."""
+        done = steps[-1]
+        means = _interval_means(steps, pending)
+        now = time.perf_counter()
+        record = {
+            **means,
+            **throughput(self.flops_per_token, len(pending) * self.tokens_per_step, now - self.interval_start,
+                         self.run.mesh.size),
+            "step": done,
+            "tokens": done * self.tokens_per_step,
+            "flops": done * self.tokens_per_step * self.flops_per_token,
+            "lr": float(self.run.schedule(done - 1)),
+            "eval_loss": self.evaluate(state.params) if is_eval else None,
+            "wall_s": self.wall_offset + now - start_time,
+        }
+        self.log.write(record)
+        self.last.update(loss=record["loss"], eval_loss=record["eval_loss"] or self.last["eval_loss"])
+        self.wall_s, self.interval_start = record["wall_s"], time.perf_counter()

@@ -1,0 +1,155 @@
+"""Pod readiness: divergence stops a run cleanly, SIGTERM checkpoints and resumes to the same end,
+and every shared file goes through etils.epath (tested on a non-local scheme that runs offline)."""
+import dataclasses
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from test_cli import REPO, assert_usage_error
+
+from scaling import sweep
+from scaling.config import MeshConfig, ModelConfig, TrainConfig
+from scaling.train.loop import train
+from scaling.train.metrics import MetricsLog
+
+EXPLODING = dict(learning_rate=1e15, warmup_frac=0.0)
+
+
+def strict_lines(path) -> list[dict]:
+    """The JSON lines of a file, refusing NaN and Infinity (not JSON)."""
+    def refuse(constant):
+        raise ValueError(f"non-JSON constant {constant}")
+
+    return [json.loads(line, parse_constant=refuse) for line in open(path) if line.strip()]
+
+
+def test_divergence_stops_at_once_and_checkpoints_only_finite_state(tiny_model, tiny_train, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = dataclasses.replace(tiny_train, **EXPLODING, checkpoint_every=1)
+    summary = train(tiny_model, cfg, MeshConfig(), str(run_dir))
+    assert summary["status"] == "diverged" and not summary["complete"]
+    step, last = summary["diverged"]["step"], summary["diverged"]["last_checkpoint"]
+    assert summary["final_eval_loss"] is None and step < tiny_train.steps(tiny_model.seq_len)
+    assert last == step - 1 and sorted(map(int, os.listdir(run_dir / "checkpoints")))[-1] == last
+    restored = ocp.StandardCheckpointer().restore(run_dir / "checkpoints" / str(last) / "default")
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(restored["params"]))
+    assert all(record["step"] < step for record in strict_lines(run_dir / "metrics.jsonl"))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+    assert train(tiny_model, cfg, MeshConfig(), str(run_dir)) == summary  # an ended run is not retrained
+
+
+def test_train_entry_point_reports_divergence_in_one_line_and_exit_3(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--d_model", "32", "--n_heads", "2", "--seq_len", "32",
+         "--batch_size", "4", "--tokens", "2048", "--data", "synthetic", "--learning_rate", "1e15",
+         "--warmup_frac", "0", "--workdir", str(tmp_path / "boom")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 3, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("run boom diverged at step ") and "last finite checkpoint" in lines[0]
+
+
+def test_a_sweep_goes_on_past_a_diverged_run_and_fits_without_it(tmp_path):
+    plan = sweep.plan_sweep(2e12, [ModelConfig(seq_len=32)], 3, TrainConfig(data="synthetic"), batch_size=8)
+    for run in plan["runs"]:
+        run["train"].update(tokens=4 * 8 * 32, eval_every=2, eval_batches=1, log_every=2)
+        run["tokens"], run["steps"] = 4 * 8 * 32, 4
+    plan["runs"][1]["train"].update(EXPLODING)
+    workdir = str(tmp_path / "sweep")
+    sweep.write_plan(workdir, plan)
+    logged = []
+    fits = sweep.run_sweep(plan, workdir, MeshConfig(), log=logged.append)
+    results = strict_lines(os.path.join(workdir, "results.jsonl"))
+    assert [r["status"] for r in results] == ["complete", "diverged", "complete"]
+    assert results[1]["final_eval_loss"] is None and any("diverged at step" in line for line in logged)
+    assert fits == {}  # two finite sizes cannot make a parabola; the diverged one is not among the points
+
+
+@pytest.fixture(scope="module")
+def preemptible(tmp_path_factory):
+    """The command of a run long enough to be stopped mid-way, and the directory of its uninterrupted twin."""
+    root = tmp_path_factory.mktemp("preempt")
+    args = ["--d_model", "32", "--n_heads", "2", "--seq_len", "32", "--batch_size", "8", "--tokens", str(400 * 8 * 32),
+            "--data", "synthetic", "--eval_every", "400", "--log_every", "5", "--checkpoint_every", "1000"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+
+    def command(name):
+        return [sys.executable, "-m", "experiments.train", *args, "--workdir", str(root / name)]
+
+    subprocess.run(command("whole"), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    return root, command, env
+
+
+def test_sigterm_saves_the_current_step_and_resuming_ends_like_the_uninterrupted_run(preemptible):
+    root, command, env = preemptible
+    process = subprocess.Popen(command("stopped"), cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    metrics = root / "stopped" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=300)[1]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert process.returncode == 143 and len(lines) == 1 and "stopped at step" in lines[0], stderr
+    stopped_at = int(lines[0].split("stopped at step ")[1].split()[0])
+    assert 0 < stopped_at < 400 and max(map(int, os.listdir(root / "stopped" / "checkpoints"))) == stopped_at
+    subprocess.run(command("stopped"), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    whole, resumed = (json.loads((root / name / "summary.json").read_text()) for name in ("whole", "stopped"))
+    assert resumed["final_eval_loss"] == pytest.approx(whole["final_eval_loss"], rel=1e-5)
+    a, b = (ocp.StandardCheckpointer().restore(root / name / "checkpoints" / "400" / "default")["params"]
+            for name in ("whole", "stopped"))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture
+def offline_gcs(monkeypatch):
+    """gs:// paths as a pod uses them (etils.epath, whose fsspec backend serves gs:// where TensorFlow is
+    not installed) with fsspec's in-memory filesystem standing in for the bucket: offline, not local."""
+    from etils.epath import backend
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    registry = importlib.import_module("fsspec.registry")  # the module (fsspec.registry is a mapping)
+    monkeypatch.setitem(registry._registry, "gcs", MemoryFileSystem)
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    yield "gs://offline-bucket/sweep"
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    MemoryFileSystem.store.clear()
+
+
+def test_sweep_files_and_metrics_go_through_epath(offline_gcs):
+    from etils import epath
+
+    plan = sweep.plan_sweep(2e12, [ModelConfig(seq_len=32)], 3, TrainConfig(data="synthetic"), batch_size=8)
+    sweep.write_plan(offline_gcs, plan)
+    sweep.check_workdir(offline_gcs, plan)
+    for i, run in enumerate(plan["runs"]):
+        summary = {"tokens": 1, "steps": 1, "final_train_loss": 2.0, "final_eval_loss": 2.0 + (i - 1) ** 2 / 10,
+                   "status": "complete", "wall_s": 1.0}
+        sweep.append_result(offline_gcs, sweep.result_record(run, summary))
+    fits = sweep.finish(offline_gcs)
+    root = epath.Path(offline_gcs)
+    assert not os.path.exists("gs:") and not os.path.exists("/gs")  # nothing went to a local directory
+    assert json.loads((root / "fits.json").read_text()) == json.loads(json.dumps(fits)) and fits["gpt"]
+    assert (root / "isoflop.png").read_bytes()[:4] == b"\x89PNG"
+    log = MetricsLog(root / "runs" / "a" / "metrics.jsonl")
+    log.write({"step": 1, "loss": float("nan")})
+    log.write({"step": 2, "loss": 1.0})
+    assert [r["loss"] for r in log.read()] == [None, 1.0] and log.truncate_after(1) == [{"step": 1, "loss": None}]
+
+
+def test_bad_device_memory_is_one_line(tmp_path):
+    from test_cli import run
+
+    assert_usage_error(run("experiments.train", "--device_memory_gib", "-1", "--workdir", str(tmp_path / "r")),
+                       "--device_memory_gib")
+    assert not (tmp_path / "r").exists()
