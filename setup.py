@@ -17,6 +17,8 @@ setup(
         "absl-py>=2.1",
         "numpy>=1.26",
         "scipy>=1.11",
+        "threadpoolctl>=3.1",
+        "etils[epath]>=1.5",
         "matplotlib>=3.8",
         "tqdm>=4.66",
     ],

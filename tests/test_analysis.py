@@ -1,11 +1,13 @@
-"""Tests for scaling.analysis: loading, isoFLOP and power-law fits, speedup curves, plots, table."""
+"""Tests for scaling.analysis and the report: loading, seeds, isoFLOP fits, bootstrap intervals and power
+laws, the parametric fit (approach 3), speedup curves, plots, tables, experiments.report."""
 import json
 import math
 
 import numpy as np
 import pytest
+from test_cli import assert_usage_error, run
 
-from scaling import analysis
+from scaling import analysis, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -24,7 +26,8 @@ def sweep_results(archs=("gpt", "ngpt"), budgets=(1e17, 1e18), num_sizes=5):
             vertex = 6.0 + 0.5 * math.log10(budget / budgets[0]) + 0.1 * arch_index
             for i, n in enumerate(np.logspace(vertex - 1, vertex + 1, num_sizes)):
                 row = parabola_points([n], vertex=vertex)[0]
-                row.update(run_id=f"{arch}-{budget:.0e}-{i}", arch=arch, budget=budget, tokens=budget / (6 * n))
+                row.update(run_id=f"{arch}-{budget:.0e}-{i}", arch=arch, budget=budget, tokens=budget / (6 * n),
+                           flops_per_token=6 * n)
                 rows.append(row)
     return rows
 
@@ -97,9 +100,10 @@ def test_fewer_than_three_sizes_raises():
 def test_fit_sweep_groups_by_arch_and_budget_and_skips_incomplete_groups():
     results = sweep_results() + [dict(run_id="mod-0", arch="mod", budget=1e17, params=1e6, tokens=1e9,
                                       final_eval_loss=3.0)]
-    fits = analysis.fit_sweep(results)
+    fits = analysis.fit_sweep(results, resamples=0)
     assert sorted(fits) == ["gpt", "ngpt"]
-    assert list(fits["gpt"]) == ["1e+17", "1e+18"]
+    assert list(fits["gpt"]) == ["1e+17", "1e+18", "power_law"]
+    assert list(analysis.budget_fits(fits["gpt"])) == ["1e+17", "1e+18"]
     assert fits["gpt"]["1e+18"]["n_opt"] == pytest.approx(10**6.5, rel=1e-6)
     assert fits["ngpt"]["1e+17"]["n_opt"] == pytest.approx(10**6.1, rel=1e-6)
 
@@ -113,10 +117,14 @@ def test_power_law_recovers_exponent():
         analysis.fit_power_law([1e18], [1e6])
 
 
-def test_fit_scaling_laws_across_budgets():
-    laws = analysis.fit_scaling_laws(analysis.fit_sweep(sweep_results(budgets=(1e17, 1e18, 1e19))))
-    assert laws["gpt"]["power_law"]["exponent"] == pytest.approx(0.5, abs=1e-6)
-    assert laws["gpt"]["budgets"] == [1e17, 1e18, 1e19]
+def test_power_laws_across_budgets():
+    block = analysis.fit_sweep(sweep_results(budgets=(1e17, 1e18, 1e19)), resamples=0)["gpt"]["power_law"]
+    assert block["n_opt_law"]["exponent"] == pytest.approx(0.5, abs=1e-6)
+    assert block["budgets"] == [1e17, 1e18, 1e19]
+    # D_opt = C / (6 N_opt) here, so D_opt = C^0.5 / (6 a)
+    assert block["d_opt_law"]["exponent"] == pytest.approx(0.5, abs=1e-6)
+    assert block["d_opt_law"]["coefficient"] == pytest.approx(1 / (6 * block["n_opt_law"]["coefficient"]), rel=1e-6)
+    assert block["n_opt_law"]["exponent_ci"] is None and block["n_opt_law"]["band"] is None
 
 
 def loss_curve(steps):
@@ -167,9 +175,9 @@ def test_speedup_in_wall_clock_seconds():
 
 def test_isoflop_plot_and_power_law_plot_write_pngs(tmp_path):
     results = sweep_results()
-    fits = analysis.fit_sweep(results)
+    fits = analysis.fit_sweep(results, resamples=50)
     for path, draw in ((tmp_path / "isoflop.png", lambda p: analysis.plot_isoflop(results, fits, p)),
-                       (tmp_path / "law.png", lambda p: analysis.plot_power_law(analysis.fit_scaling_laws(fits), p))):
+                       (tmp_path / "law.png", lambda p: analysis.plot_power_law(fits, p))):
         draw(path)
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000
 
@@ -187,7 +195,7 @@ def test_mixtures_of_experts_fit_against_active_params():
     results = sweep_results(archs=("switch",), budgets=(1e17,))
     for row in results:
         row["active_params"] = row["params"] / 8  # a token uses one expert of eight
-    by_total, by_active = analysis.fit_sweep(results), analysis.fit_sweep(results, "active_params")
+    by_total, by_active = analysis.fit_sweep(results, resamples=0), analysis.fit_sweep(results, "active_params", resamples=0)
     total, active = by_total["switch"]["1e+17"], by_active["switch"]["1e+17"]
     assert active["n_opt"] == pytest.approx(total["n_opt"] / 8, rel=1e-6)
     assert active["loss_min"] == pytest.approx(total["loss_min"])
@@ -199,8 +207,296 @@ def test_mixtures_of_experts_fit_against_active_params():
 def test_table_mentions_every_run_and_the_optimum():
     results = sweep_results()
     results.append(dict(run_id="mod-lonely", arch="mod", budget=1e17, params=1e6, tokens=1e9, final_eval_loss=None))
-    table = analysis.format_table(results, analysis.fit_sweep(results))
+    table = analysis.format_table(results, analysis.fit_sweep(results, resamples=0))
     for row in results:
         assert row["run_id"] in table
     assert "optimum: n_opt=3.16e+06" in table
     assert "no fit" in table
+
+
+# ----------------------------------------------------------------------------- seeds and diverged runs
+
+
+def seeded(rows, offsets=(-0.02, 0.0, 0.05)):
+    """Each row once per seed, its loss shifted by that seed's offset (so the seed mean is shifted by the mean)."""
+    return [dict(r, run_id=f"{r['run_id']}-s{seed}", seed=seed, final_eval_loss=r["final_eval_loss"] + offset)
+            for seed, offset in enumerate(offsets) for r in rows]
+
+
+def test_seeds_are_averaged_and_their_spread_reported(tmp_path):
+    base = sweep_results(archs=("gpt",), budgets=(1e17,))
+    rows = seeded(base)
+    points = analysis.aggregate_seeds(rows)
+    assert [p["seeds"] for p in points] == [3] * 5
+    first = points[0]
+    assert first["final_eval_loss"] == pytest.approx(base[0]["final_eval_loss"] + 0.01)
+    assert (first["min"], first["max"]) == pytest.approx((base[0]["final_eval_loss"] - 0.02, base[0]["final_eval_loss"] + 0.05))
+    assert first["run_ids"] == [f"{base[0]['run_id']}-s{seed}" for seed in range(3)]
+
+    fits = analysis.fit_sweep(rows, resamples=0)
+    fit, plain = fits["gpt"]["1e+17"], analysis.fit_isoflop(base)
+    assert fit["n_opt"] == pytest.approx(plain["n_opt"], rel=1e-9)  # a constant shift keeps the vertex
+    assert fit["loss_min"] == pytest.approx(plain["loss_min"] + 0.01)
+    assert (fit["points"], fit["runs"], fit["seeds"], fit["diverged"]) == (5, 15, [0, 1, 2], [])
+    table = analysis.format_table(rows, fits)
+    assert "mean over seeds, spread min..max over seeds" in table
+    row = next(line for line in table.splitlines() if ",".join(first["run_ids"]) in line)
+    assert row.split()[-3:] == ["3", f"{first['final_eval_loss']:.4f}", f"{first['min']:.4f}..{first['max']:.4f}"]
+    analysis.plot_isoflop(rows, fits, tmp_path / "seeds.png")
+    assert (tmp_path / "seeds.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_diverged_runs_are_left_out_of_fits_and_named(tmp_path):
+    rows = sweep_results(archs=("gpt",), budgets=(1e17, 1e18))
+    spike = dict(rows[1], run_id="gpt-spike", status="diverged", final_eval_loss=50.0)
+    nan = dict(rows[2], run_id="gpt-nan", status="diverged", final_eval_loss=None)
+    fits = analysis.fit_sweep(rows + [spike, nan], resamples=20)
+    clean = analysis.fit_sweep(rows, resamples=20)
+    fit = fits["gpt"]["1e+17"]
+    assert fit["n_opt"] == pytest.approx(clean["gpt"]["1e+17"]["n_opt"], rel=1e-12)
+    assert fit["n_opt_ci"] == clean["gpt"]["1e+17"]["n_opt_ci"]  # resampled from the same runs
+    assert fit["diverged"] == ["gpt-spike", "gpt-nan"] and fits["gpt"]["1e+18"]["diverged"] == []
+    table = analysis.format_table(rows + [spike, nan], fits)
+    assert "diverged, left out of the fit: gpt-spike, gpt-nan" in table
+    json.dumps(fits, allow_nan=False)
+    analysis.plot_isoflop(rows + [spike, nan], fits, tmp_path / "diverged.png")
+
+
+def test_fit_on_bits_per_byte_leaves_out_runs_without_it():
+    rows = [dict(r, final_eval_bpb=r["final_eval_loss"] / math.log(2)) for r in sweep_results(archs=("gpt",), budgets=(1e17,))]
+    rows.append(dict(rows[0], run_id="no-bpb", params=3e7, final_eval_bpb=None))
+    fit = analysis.fit_sweep(rows, metric="final_eval_bpb", resamples=0)["gpt"]["1e+17"]
+    assert fit["n_opt"] == pytest.approx(1e6, rel=1e-6) and fit["points"] == 5
+    assert fit["loss_min"] == pytest.approx(3.0 / math.log(2)) and fit["metric"] == "final_eval_bpb"
+    assert "final_eval_bpb" in analysis.format_table(rows, {"gpt": {"1e+17": fit}}, "final_eval_bpb")
+
+
+def test_d_opt_is_the_budget_over_flops_per_token_at_the_optimum():
+    rows = sweep_results(archs=("gpt",), budgets=(1e17,))  # vertex 1e6, a sampled size
+    for r in rows:
+        r["flops_per_token"] = 6 * r["params"] + 1e5  # attention-like extra FLOPs
+    fit = analysis.fit_sweep(rows, resamples=0)["gpt"]["1e+17"]
+    assert fit["d_opt"] == pytest.approx(1e17 / (6e6 + 1e5), rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- bootstrap and power laws
+
+
+def noisy_parabola_sweep(budgets=(1e17, 1e18, 1e19, 1e20), seeds=3, noise=0.02, rng_seed=0):
+    """Parabolas in log10 N whose vertex is N_opt = 10^6 (C / 1e17)^0.5, each size run with `seeds` seeds and
+    Gaussian loss noise; sizes +-0.8 decades around the vertex."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for budget in budgets:
+        vertex = 6.0 + 0.5 * math.log10(budget / budgets[0])
+        for i, n in enumerate(np.logspace(vertex - 0.8, vertex + 0.8, 7)):
+            for seed in range(seeds):
+                row = parabola_points([n], vertex=vertex)[0]
+                row.update(run_id=f"gpt-{budget:.0e}-{i}-s{seed}", arch="gpt", budget=budget, tokens=budget / (6 * n),
+                           flops_per_token=6 * n, seed=seed, final_eval_loss=row["final_eval_loss"] + rng.normal(0, noise))
+                rows.append(row)
+    return rows
+
+
+def test_bootstrap_intervals_contain_the_true_exponent():
+    fits = analysis.fit_sweep(noisy_parabola_sweep(), resamples=200)
+    block = fits["gpt"]["power_law"]
+    law = block["n_opt_law"]
+    lo, hi = law["exponent_ci"]
+    assert lo < 0.5 < hi and hi - lo < 0.1
+    assert lo <= law["exponent"] <= hi and law["resamples_used"] == 200
+    band = law["band"]
+    mid = law["coefficient"] * np.array(band["budgets"]) ** law["exponent"]
+    assert np.all(np.array(band["lo"]) <= mid) and np.all(mid <= np.array(band["hi"]))
+    for budget, fit in analysis.budget_fits(fits["gpt"]).items():
+        assert fit["n_opt_ci"][0] <= fit["n_opt"] <= fit["n_opt_ci"][1]
+        assert fit["bootstrap"] == {"resamples": 200, "seed": 0, "percentiles": [2.5, 97.5],
+                                    "unit": "each budget's runs, resampled with replacement", "with_minimum": 200}
+    assert analysis.fit_sweep(noisy_parabola_sweep(), resamples=200) == fits  # fixed seed: reproducible
+    text = analysis.format_table(noisy_parabola_sweep(), fits)
+    assert f"N_opt = {law['coefficient']:.3g} C^{law['exponent']:.3f} [{lo:.3f}, {hi:.3f}]" in text
+    json.dumps(fits, allow_nan=False)
+
+
+# ----------------------------------------------------------------------------- parametric fit (approach 3)
+
+LAW = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. 2022
+LAW_N_EXPONENT = LAW["beta"] / (LAW["alpha"] + LAW["beta"])  # their eq. 4: N_opt ~ C^(beta / (alpha + beta))
+
+
+def law_sweep(budgets=(1e18, 1e19, 1e20, 1e21), seeds=(0,), noise=0.0, rng_seed=0, arch="gpt"):
+    """An isoFLOP sweep whose losses follow LAW (times exp(N(0, noise))) with D = C / 6N, 7 sizes per budget
+    placed as the sweep places them: 4^t times the D = 20 N guess, t evenly spaced in [-1, 1]."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for budget in budgets:
+        for i, n in enumerate(math.sqrt(budget / 120) * 4.0 ** np.linspace(-1, 1, 7)):
+            for seed in seeds:
+                d = budget / (6 * n)
+                rows.append(dict(run_id=f"{arch}-{budget:.0e}-{i}-s{seed}", arch=arch, budget=budget, params=float(n),
+                                 tokens=float(d), flops_per_token=6 * float(n), seed=seed,
+                                 final_eval_loss=float(analysis.parametric_loss(LAW, n, d)) * math.exp(rng.normal(0, noise))))
+    return rows
+
+
+def test_parametric_fit_recovers_a_known_law():
+    rng = np.random.default_rng(0)
+    n, d = 10 ** rng.uniform(7, 10, 100), 10 ** rng.uniform(9, 12, 100)
+    loss = analysis.parametric_loss(LAW, n, d) * np.exp(rng.normal(0, 0.002, n.size))  # 0.2% noise
+    fit = analysis.fit_parametric([dict(params=a, tokens=b, final_eval_loss=c) for a, b, c in zip(n, d, loss)])
+    assert fit["E"] == pytest.approx(LAW["E"], abs=0.03)
+    assert fit["A"] == pytest.approx(LAW["A"], rel=0.2) and fit["B"] == pytest.approx(LAW["B"], rel=0.2)
+    assert fit["alpha"] == pytest.approx(LAW["alpha"], abs=0.01) and fit["beta"] == pytest.approx(LAW["beta"], abs=0.01)
+    assert fit["n_opt_law"]["exponent"] == pytest.approx(LAW_N_EXPONENT, abs=0.01)
+    assert fit["n_opt_law"]["exponent"] + fit["d_opt_law"]["exponent"] == pytest.approx(1.0)
+    assert (fit["points"], fit["huber_delta"], fit["flops"]) == (100, 1e-3, "C = 6 N D")
+
+
+def test_parametric_compute_optimum_minimises_the_law_at_fixed_compute():
+    fit = analysis.fit_parametric(law_sweep())
+    c = 1e20
+    n = np.geomspace(1e8, 1e11, 20001)
+    best = n[np.argmin(analysis.parametric_loss(fit, n, c / (6 * n)))]
+    assert fit["n_opt_law"]["coefficient"] * c ** fit["n_opt_law"]["exponent"] == pytest.approx(best, rel=1e-3)
+    assert fit["d_opt_law"]["coefficient"] * c ** fit["d_opt_law"]["exponent"] == pytest.approx(c / (6 * best), rel=1e-3)
+
+
+@pytest.mark.parametrize("noise, tolerance", [(0.0, 0.002), (0.003, 0.02)])
+def test_approaches_2_and_3_agree_on_the_n_opt_exponent(noise, tolerance):
+    rows = law_sweep(noise=noise)
+    approach2 = analysis.fit_sweep(rows, resamples=0)["gpt"]["power_law"]["n_opt_law"]["exponent"]
+    approach3 = analysis.fit_parametric_sweep(rows, resamples=0)["gpt"]["n_opt_law"]["exponent"]
+    assert approach2 == pytest.approx(approach3, abs=tolerance)
+    assert approach3 == pytest.approx(LAW_N_EXPONENT, abs=tolerance)
+
+
+def test_parametric_bootstrap_intervals_contain_the_truth(tmp_path):
+    rows = law_sweep(seeds=(0, 1), noise=0.005, rng_seed=1)
+    laws = analysis.fit_parametric_sweep(rows, resamples=60)
+    law = laws["gpt"]
+    lo, hi = law["ci"]["n_opt_exponent"]
+    assert lo < LAW_N_EXPONENT < hi and hi - lo < 0.05
+    assert law["bootstrap"]["used"] == 60 and law["points"] == 28  # 4 budgets x 7 sizes, seeds averaged
+    text = analysis.format_parametric(laws)
+    assert f"N_opt ~ C^{law['n_opt_law']['exponent']:.3f} [{lo:.3f}, {hi:.3f}]" in text
+    json.dumps(laws, allow_nan=False)
+    fits = analysis.fit_sweep(rows, resamples=50)
+    for name, draw in (("parametric.png", lambda p: analysis.plot_parametric(rows, laws, p)),
+                       ("law.png", lambda p: analysis.plot_power_law(fits, p, parametric=laws))):
+        draw(tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC and (tmp_path / name).stat().st_size > 5000
+
+
+def test_parametric_fit_needs_two_budgets_and_five_points():
+    assert analysis.fit_parametric_sweep(law_sweep(budgets=(1e19,)), resamples=0) == {}
+    with pytest.raises(ValueError, match=">= 5 points"):
+        analysis.fit_parametric(law_sweep(budgets=(1e19,))[:4])
+
+
+# ----------------------------------------------------------------------------- speedup from two runs
+
+
+def write_run(run_dir, loss_at, seconds_per_step):
+    """A run directory whose metrics.jsonl evaluates loss_at(step) every 20 steps."""
+    run_dir.mkdir(parents=True)
+    write_jsonl(run_dir / "metrics.jsonl", [{"step": s, "loss": float(loss_at(s)), "wall_s": seconds_per_step * s,
+                                            "eval_loss": float(loss_at(s)) if s % 20 == 0 else None}
+                                           for s in range(10, 2001, 10)])
+
+
+def test_speedup_from_two_runs_against_steps_and_their_wall_clocks(tmp_path):
+    write_run(tmp_path / "gpt", loss_curve, 0.1)
+    write_run(tmp_path / "ngpt", lambda s: loss_curve(2 * s), 0.15)  # 2x fewer steps, 1.5x slower steps
+    result = analysis.speedup_from_runs(tmp_path / "gpt", tmp_path / "ngpt", smooth=0.0)
+    assert (result["baseline"]["arch"], result["variant"]["arch"]) == ("gpt", "ngpt")
+    assert result["summary"]["steps"]["last_defined_at"] == 1000  # the baseline stops at step 2000
+    assert result["summary"]["steps"]["last_defined"] == pytest.approx(2.0, rel=1e-2)
+    assert result["summary"]["wall"]["last_defined"] == pytest.approx(2.0 / 1.5, rel=1e-2)
+    lines = analysis.format_speedup_headlines(result["summary"])
+    assert lines[0].startswith("speedup vs steps: last 2.00x") and lines[1].startswith("speedup vs wall: last 1.33x")
+    analysis.plot_speedup_curves(result, tmp_path / "speedup.png")
+    assert (tmp_path / "speedup.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# ----------------------------------------------------------------------------- experiments.report
+
+
+def write_sweep_workdir(workdir, plan=True):
+    """A two-arch, three-budget, two-seed sweep following LAW (ngpt 3% lower), one run diverged, with a
+    plan.json naming hardware, data, seeds and an LR grid (or none)."""
+    workdir.mkdir(parents=True)
+    rows = []
+    for arch, scale in (("gpt", 1.0), ("ngpt", 0.97)):
+        for row in law_sweep(budgets=(1e17, 1e18, 1e19), seeds=(0, 1), noise=0.003, rng_seed=len(arch), arch=arch):
+            rows.append(dict(row, final_eval_loss=scale * row["final_eval_loss"], status="complete", learning_rate=3e-3,
+                             data_fingerprint={"name": "pystdlib", "tokenizer": "utf8-bytes"}, seq_len=64))
+    rows[3].update(status="diverged", final_eval_loss=None)
+    write_jsonl(workdir / "results.jsonl", rows)
+    if plan:
+        (workdir / "plan.json").write_text(json.dumps({
+            "budgets": [1e17, 1e18, 1e19], "seeds": [0, 1], "data": "pystdlib", "seq_len": 64,
+            "hardware": "8x H100", "lr_search": [1e-3, 3e-3, 1e-2]}))
+    return rows
+
+
+def write_speedup_workdir(workdir):
+    """A curves.json as experiments.speedup writes it: the variant needs half the steps, each 1.2x as long."""
+    workdir.mkdir(parents=True)
+    steps = np.arange(0, 1001, 50.0)
+    curves = {"steps": analysis.speedup_curve(steps, loss_curve(steps), steps, loss_curve(2 * steps)),
+              "wall": analysis.speedup_curve(0.01 * steps, loss_curve(steps), 0.012 * steps, loss_curve(2 * steps))}
+    side = lambda arch, lr, final: {"arch": arch, "learning_rate": lr, "params": 12345, "final_eval_loss": final,
+                                    "sweep": {"0.003": final, "0.01": final + 0.1}, "best_at_grid_edge": True}
+    (workdir / "curves.json").write_text(json.dumps({
+        "setup": {"tokens": 512000, "batch_size": 8, "seq_len": 64, "steps": 1000, "eval_every": 50,
+                  "data": "synthetic", "devices": 1, "smooth": 0.2},
+        "baseline": side("gpt", 3e-3, float(loss_curve(1000))), "variant": side("ngpt", 3e-3, float(loss_curve(2000))),
+        "per_step_time": {"baseline_s": 0.01, "variant_s": 0.012, "overhead": 0.2}, **curves,
+        "summary": {key: analysis.summarize_speedup(curve) for key, curve in curves.items()}}))
+
+
+def test_report_tables_come_from_the_workdirs_files(tmp_path):
+    sweep, bare, speedup = tmp_path / "sweep", tmp_path / "bare", tmp_path / "speedup"
+    rows = write_sweep_workdir(sweep)
+    write_sweep_workdir(bare, plan=False)
+    write_speedup_workdir(speedup)
+    out = tmp_path / "report.md"
+    result = run("experiments.report", str(sweep), str(bare), str(speedup), "--resamples", "30", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert text == report.build_report([sweep, bare, speedup], resamples=30)
+
+    sweep_text, bare_text = text.split("## Sweep")[1:3]
+    assert ("Setup: hardware 8x H100; data pystdlib; tokenizer utf8-bytes; seq_len 64; budgets 1e+17, 1e+18, 1e+19; "
+            "seeds 0, 1; LR searched: 0.001, 0.003, 0.01.") in sweep_text
+    assert "Setup: data pystdlib; tokenizer utf8-bytes; seq_len 64; budgets 1e+17, 1e+18, 1e+19; seeds 0, 1; LR fixed 0.003." in bare_text
+    assert "2.5..97.5 percentiles of 30 bootstrap resamples" in sweep_text
+    fits = analysis.fit_sweep(rows, resamples=30)
+    for arch in ("gpt", "ngpt"):
+        for budget, fit in analysis.budget_fits(fits[arch]).items():
+            lo, hi = fit["n_opt_ci"]
+            assert f"| {arch} | {float(budget):.3g} | 7 | {fit['runs']} | {fit['n_opt']:.3g} [{lo:.3g}, {hi:.3g}]" in sweep_text
+        law = fits[arch]["power_law"]["n_opt_law"]
+        assert f"{law['exponent']:.3f} [{law['exponent_ci'][0]:.3f}, {law['exponent_ci'][1]:.3f}]" in sweep_text
+    assert f"| {rows[3]['run_id']} |" in sweep_text and f"{rows[3]['run_id']} (diverged)" in sweep_text
+    laws = analysis.fit_parametric_sweep(rows, resamples=30)
+    assert f"| gpt | 21 | {laws['gpt']['E']:.4g} [" in sweep_text
+
+    speedup_text = text.split("## Speedup")[1]
+    assert "| steps | 2.00x | 500 |" in speedup_text and "| wall | 1.67x |" in speedup_text
+    assert "ratio 1.200 (variant / baseline)" in speedup_text and "LR searched: 0.003, 0.01" in speedup_text
+    assert "0.003 (best at the grid's edge)" in speedup_text
+
+
+@pytest.mark.parametrize("make, args, named", [
+    (lambda tmp: None, lambda tmp: [str(tmp / "missing")], "missing"),
+    (lambda tmp: (tmp / "empty").mkdir(), lambda tmp: [str(tmp / "empty")], "empty"),
+    (write_speedup_workdir, lambda tmp: [str(tmp / "w"), str(tmp / "nothing")], "nothing"),
+    (lambda tmp: None, lambda tmp: [], "WORKDIR"),
+    (write_speedup_workdir, lambda tmp: [str(tmp / "w"), "--resamples", "-1"], "--resamples"),
+], ids=["missing", "not-a-workdir", "second-bad", "none", "negative-resamples"])
+def test_report_bad_input_is_one_line_and_writes_nothing(tmp_path, make, args, named):
+    make(tmp_path / "w" if make is write_speedup_workdir else tmp_path)
+    out = tmp_path / "report.md"
+    assert_usage_error(run("experiments.report", *args(tmp_path), "--out", str(out)), named)
+    assert not out.exists()
