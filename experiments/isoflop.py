@@ -1,4 +1,4 @@
-"""isoFLOP sweep: python -m experiments.isoflop --budget 6e18 [--archs gpt,...] [--dry_run].
+"""isoFLOP sweep: python -m experiments.isoflop --budget 6e18 [--budgets C1,C2] [--archs gpt,...] [--dry_run].
 
 Plans --num_sizes model sizes per architecture around the expected compute-optimal size, prints the
 plan with an estimated wall time measured on the current devices, then (unless --dry_run) trains
@@ -17,7 +17,15 @@ from scaling.config import UsageError
 from scaling.models.registry import ARCHITECTURES
 from scaling.train import fitting
 
-flags.DEFINE_float("budget", None, "Training FLOPs per run (e.g. 6e18).", required=True)
+flags.DEFINE_float("budget", None, "Training FLOPs per run (e.g. 6e18).")
+flags.DEFINE_list("budgets", None, "Several budgets in one sweep (e.g. 1e12,3e12,1e13): one parabola per "
+                                   "(architecture, budget) and the N_opt(C), D_opt(C) power laws.")
+flags.DEFINE_integer("seeds", 1, "Train every point with this many seeds (data order and initialisation); fits "
+                                 "use the mean, tables and plots the spread.")
+flags.DEFINE_integer("lr_search", 0, "Tune each architecture's learning rate on a K-point grid (K >= 3) at a "
+                                     "calibration size first (0: Kaplan et al.'s rule).")
+flags.DEFINE_enum("fit_metric", "eval_loss", ["eval_loss", "eval_bpb"],
+                  "What the parabolas fit: final eval loss (nats per token) or bits per byte.")
 flags.DEFINE_string("archs", "gpt", "Comma-separated architectures, one isoFLOP curve each.")
 flags.DEFINE_integer("num_sizes", 7, "Model sizes per architecture, evenly spaced in log N.")
 flags.DEFINE_bool("dry_run", False, "Print the plan and its estimated wall time; train nothing.")
@@ -34,6 +42,18 @@ cli.define_common_flags()
 FLAGS = flags.FLAGS
 FLAGS.set_default("seq_len", 1024)  # the papers' context; the sweep contract (DESIGN.md)
 DAY = 86400.0
+
+
+def budgets() -> list[float]:
+    """--budget, or the --budgets list (not both)."""
+    if (FLAGS.budget is None) == (FLAGS.budgets is None):
+        raise UsageError("--budget", "give --budget C or --budgets C1,C2,... (one of them)")
+    if FLAGS.budgets is None:
+        return [FLAGS.budget]
+    try:
+        return [float(b) for b in FLAGS.budgets]
+    except ValueError:
+        raise UsageError("--budgets", f"{','.join(FLAGS.budgets)} is not a list of numbers; write e.g. 1e12,3e12") from None
 
 
 def planned_target() -> tuple | None:
@@ -62,9 +82,12 @@ def main(argv) -> None:
     mesh_cfg = cli.mesh_config()
     batch_size = FLAGS.batch_size if cli.given("batch_size") else None
     learning_rate = FLAGS.learning_rate if cli.given("learning_rate") else None
-    plan = sweep.plan_sweep(FLAGS.budget, bases, FLAGS.num_sizes, cli.train_config(), batch_size, learning_rate)
+    if FLAGS.lr_search and learning_rate:
+        raise UsageError("--lr_search", "searches the learning rate; drop --learning_rate or --lr_search")
+    plan = sweep.plan_sweep(budgets(), bases, FLAGS.num_sizes, cli.train_config(), batch_size, learning_rate,
+                            seeds=FLAGS.seeds, lr_search=FLAGS.lr_search)
     sweep.check_mesh(plan, mesh_cfg)
-    workdir = FLAGS.workdir or f"runs/isoflop-{FLAGS.budget:.3g}"
+    workdir = FLAGS.workdir or "runs/isoflop-" + "-".join(f"{b:.3g}" for b in plan["budgets"])
     if not FLAGS.dry_run:
         sweep.check_workdir(workdir, plan)
     memory_gib, target = cli.device_memory_gib(), planned_target()
@@ -83,7 +106,8 @@ def main(argv) -> None:
     if FLAGS.dry_run:
         return
     sweep.write_plan(workdir, plan)
-    sweep.run_sweep(plan, workdir, mesh_cfg, x_key=FLAGS.x_axis, device_memory_gib=memory_gib)
+    sweep.run_sweep(plan, workdir, mesh_cfg, x_key=FLAGS.x_axis, device_memory_gib=memory_gib,
+                    metric=f"final_{FLAGS.fit_metric}")
     print(f"wrote {workdir}/results.jsonl, fits.json and isoflop.png")
 
 

@@ -19,6 +19,8 @@ from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.flops import CONVENTION
 from scaling.models.registry import get_architecture, model_config_from_dict
 from scaling.shapes import MAX_PARAMS, MIN_PARAMS, shape_for_params
+from scaling import lr_search as lr_search_lib
+from scaling.lr_search import kaplan_learning_rate
 from scaling.train import fitting
 from scaling.train.loop import LAYOUT, train
 from scaling.train.metrics import append_line, make_parent, strict_json
@@ -30,11 +32,6 @@ MAX_BATCH = 512
 EVAL_TOKENS = 65536
 PROBE_FLOPS = 5e10
 EVALS_PER_RUN = 4
-
-
-def kaplan_learning_rate(nonembed_params: float) -> float:
-    """Peak LR for a model size: 0.003239 - 0.0001395 ln N (Kaplan et al. 2020, eq. D.1)."""
-    return 0.003239 - 0.0001395 * math.log(nonembed_params)
 
 
 def optimal_size(budget: float, base: ModelConfig) -> float:
@@ -67,10 +64,11 @@ def shared_batch_size(budget: float, bases: list[ModelConfig], num_sizes: int) -
     return min(batches, default=1)
 
 
-def _run_entry(arch: str, model_cfg: ModelConfig, train_cfg: TrainConfig, budget: float) -> dict:
+def _run_entry(model_cfg: ModelConfig, train_cfg: TrainConfig, budget: float, suffix: str = "") -> dict:
+    arch = model_cfg.arch
     counts = get_architecture(arch).counts(model_cfg)
     return {
-        "run_id": f"{arch}-{counts.nonembed_params / 1e6:.3g}M",
+        "run_id": f"{arch}-{counts.nonembed_params / 1e6:.3g}M{suffix}",
         "arch": arch,
         "model": dataclasses.asdict(model_cfg),
         "train": dataclasses.asdict(train_cfg),
@@ -88,25 +86,27 @@ def _sizes(budget: float, base: ModelConfig, num_sizes: int) -> list[ModelConfig
     return sorted(shapes, key=lambda s: get_architecture(base.arch).counts(s).nonembed_params)
 
 
-def _arch_runs(budget, base, num_sizes, train_base, batch, learning_rate) -> list[dict]:
+def _train_config(shape: ModelConfig, budget: float, train_base: TrainConfig, batch: int, learning_rate) -> TrainConfig:
+    """A run's budget-derived training: D = C / flops_per_token tokens, evals, the given or Kaplan LR."""
+    counts = get_architecture(shape.arch).counts(shape)
+    tokens = int(budget / counts.flops_per_token)
+    return dataclasses.replace(
+        train_base,
+        tokens=tokens,
+        batch_size=batch,
+        learning_rate=learning_rate or kaplan_learning_rate(counts.active_nonembed_params),
+        eval_batches=max(1, math.ceil(EVAL_TOKENS / (batch * shape.seq_len))),
+        eval_every=max(1, tokens // (batch * shape.seq_len) // EVALS_PER_RUN),
+    )
+
+
+def _arch_runs(budget, base, num_sizes, train_base, batch, learning_rate, suffix="") -> list[dict]:
     """One architecture's runs: every size that gets at least one step of the sweep's batch."""
-    counts = get_architecture(base.arch).counts
-    shapes = _sizes(budget, base, num_sizes)
     runs = []
-    for shape in shapes:
-        tokens = int(budget / counts(shape).flops_per_token)
-        steps = tokens // (batch * base.seq_len)
-        if steps < 1:
-            continue
-        train_cfg = dataclasses.replace(
-            train_base,
-            tokens=tokens,
-            batch_size=batch,
-            learning_rate=learning_rate or kaplan_learning_rate(counts(shape).active_nonembed_params),
-            eval_batches=max(1, math.ceil(EVAL_TOKENS / (batch * base.seq_len))),
-            eval_every=max(1, steps // EVALS_PER_RUN),
-        )
-        runs.append(_run_entry(base.arch, shape, train_cfg, budget))
+    for shape in _sizes(budget, base, num_sizes):
+        train_cfg = _train_config(shape, budget, train_base, batch, learning_rate)
+        if train_cfg.steps(shape.seq_len) >= 1:
+            runs.append(_run_entry(shape, train_cfg, budget, suffix))
     return runs
 
 
@@ -119,42 +119,116 @@ def _smallest_curve_budget(base: ModelConfig, num_sizes: int, batch_size: int | 
     return budget
 
 
+def check_budgets(budgets: list[float]) -> list[float]:
+    """The budgets, each a positive finite number of FLOPs, none repeated."""
+    if not budgets or not all(math.isfinite(b) and b > 0 for b in budgets):
+        raise UsageError("--budget", f"must be positive finite numbers of FLOPs (e.g. 1e13), got {budgets}")
+    if len(set(budgets)) < len(budgets):
+        raise UsageError("--budgets", f"{budgets} repeats a budget; list each once")
+    return sorted(budgets)
+
+
 def plan_sweep(
-    budget: float,
+    budgets: float | list[float],
     bases: list[ModelConfig],
     num_sizes: int,
     train_base: TrainConfig,
     batch_size: int | None = None,
     learning_rate: float | None = None,
+    seeds: int = 1,
+    lr_search: int = 0,
 ) -> dict:
-    """The sweep's runs: per architecture (one base config each, giving its options, sequence length
-    and numerics), `num_sizes` shapes around the expected optimum."""
-    if not (math.isfinite(budget) and budget > 0):
-        raise UsageError("--budget", f"must be a positive finite number of FLOPs (e.g. 1e13), got {budget}")
+    """The sweep's runs: per budget and architecture (one base config each, giving its options,
+    sequence length and numerics), `num_sizes` shapes around the expected optimum, each trained with
+    `seeds` seeds (data order and initialisation). With `lr_search` K, the learning rates come from a
+    K-point calibration grid per architecture (scaling/lr_search.py) and are filled in when it is done."""
+    budgets = check_budgets([budgets] if isinstance(budgets, (int, float)) else list(budgets))
     if num_sizes < 3:
         raise UsageError("--num_sizes", "a parabola needs at least 3 sizes")
+    if seeds < 1:
+        raise UsageError("--seeds", "must be at least 1")
     runs = []
-    batch = batch_size or shared_batch_size(budget, bases, num_sizes)
-    for arch_base in bases:
-        arch = arch_base.arch
-        arch_runs = _arch_runs(budget, arch_base, num_sizes, train_base, batch, learning_rate)
-        if len(arch_runs) < 3:
-            need = _smallest_curve_budget(arch_base, num_sizes, batch_size)
-            what = "cannot train even the smallest model one step" if not arch_runs else "leaves fewer than 3 sizes"
-            depth = arch_base.options
-            fix = f"use at least {need:.2g}" + (f" or a smaller {depth.depth_flag}" if depth.min_layers() > 1 else "")
-            raise UsageError("--budget", f"{budget:.3g} FLOPs {what} for {arch}; {fix}")
-        runs += arch_runs
-    return {
+    for budget in budgets:
+        batch = batch_size or shared_batch_size(budget, bases, num_sizes)
+        for arch_base in bases:
+            arch_runs = _arch_runs(budget, arch_base, num_sizes, train_base, batch, learning_rate)
+            if len(arch_runs) < 3:
+                _refuse_budget(budget, arch_base, num_sizes, batch_size, arch_runs)
+            for seed in range(seeds):
+                runs += [_seeded(run, train_base.seed + seed, len(budgets) > 1, seeds > 1) for run in arch_runs]
+    plan = {
         "layout": LAYOUT,
-        "budget": budget,
+        **({"budget": budgets[0]} if len(budgets) == 1 else {}),
+        "budgets": budgets,
         "archs": [base.arch for base in bases],
         "num_sizes": num_sizes,
+        "seeds": [train_base.seed + s for s in range(seeds)],
         "seq_len": bases[0].seq_len,
         "data": train_base.data,
         "flops_convention": CONVENTION,
         "runs": runs,
     }
+    if lr_search:
+        plan["lr_search"] = _lr_search_plan(bases, budgets[0] / lr_search_lib.CALIBRATION_REDUCTION, train_base,
+                                            lr_search, batch_size, plan)
+    return plan
+
+
+def _seeded(run: dict, seed: int, by_budget: bool, by_seed: bool) -> dict:
+    """A copy of `run` with its seed, and its run_id telling budgets and seeds apart where a sweep has several."""
+    suffix = (f"-C{run['budget']:.2g}" if by_budget else "") + (f"-s{seed}" if by_seed else "")
+    return {**run, "run_id": run["run_id"] + suffix, "train": {**run["train"], "seed": seed}}
+
+
+def _refuse_budget(budget, base, num_sizes, batch_size, arch_runs) -> None:
+    need = _smallest_curve_budget(base, num_sizes, batch_size)
+    what = "cannot train even the smallest model one step" if not arch_runs else "leaves fewer than 3 sizes"
+    depth = base.options
+    fix = f"use at least {need:.2g}" + (f" or a smaller {depth.depth_flag}" if depth.min_layers() > 1 else "")
+    raise UsageError("--budget", f"{budget:.3g} FLOPs {what} for {base.arch}; {fix}")
+
+
+def _lr_search_plan(bases, budget, train_base, points, batch_size, plan) -> dict:
+    """The calibration runs, and each main run's learning rate left to fill (scaling/lr_search.py)."""
+    calibrations = {}
+    for base in bases:
+        shape = shape_for_params(max(optimal_size(budget, base), MIN_PARAMS), base)
+        batch = batch_size or shared_batch_size(budget, [base], 3)
+        train_cfg = _train_config(shape, budget, train_base, batch, None)
+
+        def entry(cfg, train, suffix):
+            return _run_entry(cfg, train, budget, f"-{suffix}")
+
+        calibrations[base.arch] = lr_search_lib.calibration(base, shape, train_cfg, points, budget, entry)
+    return {"points": points, "grid_multipliers": lr_search_lib.grid_multipliers(points),
+            "calibration_budget": budget, "transfer": "lr x kaplan(N) / kaplan(N_calibration)",
+            "applied": False, "calibration": calibrations}
+
+
+def all_runs(plan: dict) -> list[dict]:
+    """The LR-search calibration runs (trained first), then the sweep's runs."""
+    search = plan.get("lr_search")
+    calibration = [run for entry in search["calibration"].values() for run in entry["runs"]] if search else []
+    return calibration + plan["runs"]
+
+
+def apply_lr_search(plan: dict, workdir: str, mesh_cfg: MeshConfig, log, device_memory_gib) -> None:
+    """Trains (or resumes) the calibration runs, records their losses and each architecture's chosen
+    rate, and sets every sweep run's learning rate from it (scaling/lr_search.py)."""
+    search = plan["lr_search"]
+    for arch, entry in search["calibration"].items():
+        losses = [_train_run(run, workdir, mesh_cfg, log, device_memory_gib)["final_eval_loss"]
+                  for run in entry["runs"]]
+        entry.update(losses=losses, chosen_lr=lr_search_lib.choose(entry, losses))
+        log(f"lr search {arch}: " + ", ".join(f"{run['train']['learning_rate']:.3g} -> {loss}"
+                                                for run, loss in zip(entry["runs"], losses))
+            + f"; chosen {entry['chosen_lr']:.3g}")
+    for run in plan["runs"]:
+        entry = search["calibration"][run["arch"]]
+        run["train"]["learning_rate"] = lr_search_lib.transferred(
+            entry["chosen_lr"], entry["kaplan_lr"], run["active_params"] - (run["params"] - run["nonembed_params"]))
+    search["applied"] = True
+    write_plan(workdir, plan)
 
 
 def estimate_seconds(plan: dict, mesh_cfg: MeshConfig) -> dict[str, float]:
@@ -175,20 +249,20 @@ def estimate_seconds(plan: dict, mesh_cfg: MeshConfig) -> dict[str, float]:
         batch //= 2
     probe = time_train_step(model_cfg, max(batch, ways), mesh_cfg, steps=3, warmup=1)
     flops_per_s = probe["flops_per_token"] * probe["tokens_per_s"]
-    return {r["run_id"]: r["tokens"] * r["flops_per_token"] / flops_per_s for r in plan["runs"]}
+    return {r["run_id"]: r["tokens"] * r["flops_per_token"] / flops_per_s for r in all_runs(plan)}
 
 
 def estimate_on_target(plan: dict, accelerator, devices: int, mfu: float) -> dict[str, float]:
     """Wall time per run on `devices` of `accelerator` at model FLOPs utilisation `mfu`."""
     rate = devices * accelerator.peak_tflops * 1e12 * mfu
-    return {r["run_id"]: r["tokens"] * r["flops_per_token"] / rate for r in plan["runs"]}
+    return {r["run_id"]: r["tokens"] * r["flops_per_token"] / rate for r in all_runs(plan)}
 
 
 def fit_plan(plan: dict, mesh_cfg: MeshConfig, memory: int | None, log=print) -> dict:
     """Each run's remat, microbatches and mesh chosen to fit `memory` bytes per device (compile only;
     scaling/train/fitting.py), with its compiled memory per device; unchanged settings where the
     memory is unknown (a CPU: no remat, one microbatch). UsageError if a run cannot fit."""
-    for run in plan["runs"]:
+    for run in all_runs(plan):
         fitted = fitting.fit(model_config_from_dict(run["model"]), TrainConfig(**run["train"]), mesh_cfg, memory,
                              name=f"run {run['run_id']}")
         run["model"]["remat"] = fitted.run.model_cfg.remat
@@ -201,16 +275,24 @@ def fit_plan(plan: dict, mesh_cfg: MeshConfig, memory: int | None, log=print) ->
 
 def format_plan(plan: dict, seconds: dict[str, float]) -> str:
     """The plan as a table with each run's fitted settings and estimated wall time."""
+    budgets = ", ".join(f"{b:.3g}" for b in plan["budgets"])
     lines = [
-        f"isoFLOP plan: budget {plan['budget']:.3g} FLOPs, seq_len {plan['seq_len']}, data {plan['data']}",
-        f"{'run_id':<18}{'d_model':>8}{'layers':>7}{'heads':>6}{'params':>12}{'nonembed':>12}"
+        f"isoFLOP plan: budget {budgets} FLOPs, seq_len {plan['seq_len']}, data {plan['data']}, "
+        f"seeds {', '.join(map(str, plan['seeds']))}",
+        f"{'run_id':<26}{'d_model':>8}{'layers':>7}{'heads':>6}{'params':>12}{'nonembed':>12}"
         f"{'tokens':>12}{'steps':>8}{'batch':>6}{'lr':>9}{'remat':>6}{'micro':>6}{'GiB/dev':>8}{'est. time':>11}",
     ]
-    for r in plan["runs"]:
+    search = plan.get("lr_search")
+    if search:
+        grid = ", ".join(f"{m:.2g}" for m in search["grid_multipliers"])
+        lines.insert(1, f"LR search: {search['points']} rates per architecture (x {grid} its Kaplan rate) at a "
+                        f"calibration budget of {search['calibration_budget']:.3g} FLOPs (the lr* runs); the best "
+                        "is carried to every size by the Kaplan ratio; until then the table shows Kaplan rates")
+    for r in all_runs(plan):
         m, t = r["model"], r["train"]
         gib = "-" if r.get("gib_per_device") is None else f"{r['gib_per_device']:.3g}"
         lines.append(
-            f"{r['run_id']:<18}{m['d_model']:>8}{m['n_layers']:>7}{m['n_heads']:>6}{r['params']:>12.3g}"
+            f"{r['run_id']:<26}{m['d_model']:>8}{m['n_layers']:>7}{m['n_heads']:>6}{r['params']:>12.3g}"
             f"{r['nonembed_params']:>12.3g}{r['tokens']:>12.3g}{r['steps']:>8}{t['batch_size']:>6}"
             f"{t['learning_rate']:>9.2e}{m['remat']:>6}{t['microbatches']:>6}{gib:>8}"
             f"{format_duration(seconds[r['run_id']]):>11}"
@@ -238,13 +320,20 @@ def check_mesh(plan: dict, mesh_cfg: MeshConfig) -> None:
 
 
 def _unfitted(plan: dict) -> dict:
-    """The plan without the settings fitted to the devices (which may change when a sweep resumes elsewhere)."""
+    """The plan without what is filled in while it runs: the settings fitted to the devices (which may
+    change when a sweep resumes elsewhere) and the learning-rate search's results."""
     plan = json.loads(json.dumps(plan))
-    for run in plan["runs"]:
+    for run in all_runs(plan):
         run["model"].pop("remat")
         run["train"].pop("microbatches")
         run.pop("mesh", None)
         run.pop("gib_per_device", None)
+    if "lr_search" in plan:
+        for run in plan["runs"]:
+            run["train"].pop("learning_rate")
+        plan["lr_search"]["applied"] = None
+        for entry in plan["lr_search"]["calibration"].values():
+            entry.update(losses=None, chosen_lr=None)
     return plan
 
 
@@ -291,6 +380,8 @@ def result_record(run: dict, summary: dict) -> dict:
         "batch_size": run["train"]["batch_size"],
         "remat": run["model"]["remat"],
         "microbatches": run["train"]["microbatches"],
+        "seed": run["train"]["seed"],
+        "learning_rate": run["train"]["learning_rate"],
         "final_train_loss": summary["final_train_loss"],
         "final_eval_loss": summary["final_eval_loss"],
         "status": summary["status"],
@@ -305,26 +396,35 @@ def append_result(workdir: str, record: dict) -> None:
     append_line(epath.Path(workdir) / "results.jsonl", strict_json(record))
 
 
+def _train_run(run: dict, workdir: str, mesh_cfg: MeshConfig, log, device_memory_gib) -> dict:
+    """Trains (or resumes, or reads the summary of) one planned run on its fitted mesh."""
+    run_mesh = MeshConfig(**run["mesh"]) if "mesh" in run else mesh_cfg
+    summary = train(model_config_from_dict(run["model"]), TrainConfig(**run["train"]), run_mesh,
+                    str(epath.Path(workdir) / "runs" / run["run_id"]), device_memory_gib=device_memory_gib)
+    if summary["status"] == "diverged":
+        log(f"    {run['run_id']} diverged at step {summary['diverged']['step']}: {summary['diverged']['what']}")
+    return summary
+
+
 def run_sweep(plan: dict, workdir: str, mesh_cfg: MeshConfig, log=print, x_key: str = "params",
-              device_memory_gib: float | None = None) -> dict:
-    """Runs every planned run (finished ones are skipped, partial ones resume) on its fitted mesh, then
-    fits and plots the loss against `x_key` (params, nonembed_params or active_params)."""
+              device_memory_gib: float | None = None, metric: str = "final_eval_loss") -> dict:
+    """Runs the learning-rate search if planned, then every planned run (finished ones are skipped,
+    partial ones resume) on its fitted mesh, then fits and plots `metric` against `x_key` (params,
+    nonembed_params or active_params); diverged runs are recorded and left out of the fits."""
+    if "lr_search" in plan and not plan["lr_search"]["applied"]:
+        apply_lr_search(plan, workdir, mesh_cfg, log, device_memory_gib)
     done = {r["run_id"] for r in finished_results(workdir)}
     for i, run in enumerate(plan["runs"]):
         if run["run_id"] in done:
             log(f"[{i + 1}/{len(plan['runs'])}] {run['run_id']}: finished earlier, skipped")
             continue
         log(f"[{i + 1}/{len(plan['runs'])}] {run['run_id']}: {run['tokens']:.3g} tokens, {run['steps']} steps")
-        run_mesh = MeshConfig(**run["mesh"]) if "mesh" in run else mesh_cfg
-        summary = train(model_config_from_dict(run["model"]), TrainConfig(**run["train"]), run_mesh,
-                        str(epath.Path(workdir) / "runs" / run["run_id"]), device_memory_gib=device_memory_gib)
+        summary = _train_run(run, workdir, mesh_cfg, log, device_memory_gib)
         if jax.process_index() == 0:
             append_result(workdir, result_record(run, summary))
-        if summary["status"] == "diverged":
-            log(f"    diverged at step {summary['diverged']['step']}: {summary['diverged']['what']} (left out of the fit)")
-        else:
+        if summary["status"] == "complete":
             log(f"    final eval loss {summary['final_eval_loss']:.4f} in {format_duration(summary['wall_s'])}")
-    return finish(workdir, x_key)
+    return finish(workdir, x_key, metric)
 
 
 def finished_results(workdir: str) -> list[dict]:
@@ -332,15 +432,16 @@ def finished_results(workdir: str) -> list[dict]:
     return analysis.load_results(workdir) if (epath.Path(workdir) / "results.jsonl").exists() else []
 
 
-def finish(workdir: str, x_key: str = "params") -> dict:
-    """Fits a parabola in log `x_key` per architecture (diverged runs left out), writes fits.json and
-    isoflop.png, returns the fits."""
+def finish(workdir: str, x_key: str = "params", metric: str = "final_eval_loss") -> dict:
+    """Fits a parabola of `metric` in log `x_key` per architecture and budget (seeds averaged, diverged
+    runs left out), with bootstrap intervals and, over several budgets, the N_opt and D_opt power laws;
+    writes fits.json and isoflop.png, returns the fits."""
     results = finished_results(workdir)
-    fits = analysis.fit_sweep(results, x_key)
+    fits = analysis.fit_sweep(results, x_key, metric=metric)
     if jax.process_index() == 0:
         _write(workdir, "fits.json", json.dumps(fits, indent=2))
         image = io.BytesIO()
-        analysis.plot_isoflop(results, fits, image, x_key)
+        analysis.plot_isoflop(results, fits, image, x_key, metric=metric)
         _write(workdir, "isoflop.png", image.getvalue())
-        print(analysis.format_table(results, fits))
+        print(analysis.format_table(results, fits, metric=metric))
     return fits

@@ -34,6 +34,9 @@ def assert_usage_error(result, flag):
         (["--budget", "1e13", "--mesh", "data=3"], "--mesh"),
         (["--budget", "1e13", "--archs", "switch", "--eval_capacity_factor", "0"], "--eval_capacity_factor"),
         (["--budget", "1e13", "--x_axis", "size"], "--x_axis"),
+        (["--budgets", "3e12,3e12"], "--budgets"),
+        (["--budget", "1e13", "--seeds", "0"], "--seeds"),
+        (["--budget", "1e13", "--lr_search", "2"], "--lr_search"),
     ],
 )
 def test_isoflop_bad_input(tmp_path, args, flag):

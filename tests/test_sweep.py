@@ -123,3 +123,49 @@ def test_workdir_with_a_different_plan_is_refused(tmp_path):
         sweep.check_workdir(workdir, different)
     sweep.check_workdir(workdir, small_plan())
     assert json.load(open(os.path.join(workdir, "plan.json"))) == json.loads(json.dumps(plan))
+
+
+def test_several_budgets_and_seeds_make_distinct_runs():
+    plan = sweep.plan_sweep([6e12, 2e12], [ModelConfig(seq_len=128)], 3, TrainConfig(seed=5), seeds=2)
+    ids = [r["run_id"] for r in plan["runs"]]
+    assert plan["budgets"] == [2e12, 6e12] and plan["seeds"] == [5, 6] and "budget" not in plan
+    assert len(set(ids)) == len(ids) and {r["budget"] for r in plan["runs"]} == {2e12, 6e12}
+    assert {r["train"]["seed"] for r in plan["runs"]} == {5, 6} and all(i.endswith(("-s5", "-s6")) for i in ids)
+    single = sweep.plan_sweep(2e12, [ModelConfig(seq_len=128)], 3, TrainConfig())
+    assert single["budget"] == 2e12 and not any("-C" in r["run_id"] or "-s" in r["run_id"] for r in single["runs"])
+
+
+@pytest.mark.parametrize("kwargs, flag", [(dict(budgets=[2e12, 2e12]), "--budgets"), (dict(seeds=0), "--seeds"),
+                                          (dict(lr_search=2), "--lr_search")])
+def test_bad_budgets_seeds_and_lr_grids_are_usage_errors(kwargs, flag):
+    budgets = kwargs.pop("budgets", 2e12)
+    with pytest.raises(UsageError) as error:
+        sweep.plan_sweep(budgets, [ModelConfig(seq_len=128)], 3, TrainConfig(), **kwargs)
+    assert error.value.flag == flag
+
+
+def test_lr_search_tunes_each_architecture_then_carries_its_best_by_the_kaplan_ratio(tmp_path):
+    plan = sweep.plan_sweep(2e12, [ModelConfig(seq_len=32)], 3, TrainConfig(data="synthetic"), batch_size=8,
+                            lr_search=3)
+    for run in sweep.all_runs(plan):
+        run["train"].update(tokens=4 * 8 * 32, eval_every=2, eval_batches=1, log_every=2)
+        run["tokens"], run["steps"] = 4 * 8 * 32, 4
+    search = plan["lr_search"]["calibration"]["gpt"]
+    rates = [run["train"]["learning_rate"] for run in search["runs"]]
+    assert len(rates) == 3 and rates == sorted(rates) and rates[-1] / rates[0] == pytest.approx(100)
+    workdir = str(tmp_path / "sweep")
+    sweep.check_workdir(workdir, plan)
+    sweep.write_plan(workdir, plan)
+    sweep.run_sweep(plan, workdir, MeshConfig(), log=lambda line: None)
+    written = json.load(open(os.path.join(workdir, "plan.json")))
+    entry = written["lr_search"]["calibration"]["gpt"]
+    assert written["lr_search"]["applied"] and len(entry["losses"]) == 3
+    best = min(zip(entry["losses"], rates))[1]
+    assert entry["chosen_lr"] == best
+    for run in written["runs"]:
+        active = run["active_params"] - (run["params"] - run["nonembed_params"])
+        expected = best * sweep.kaplan_learning_rate(active) / entry["kaplan_lr"]
+        assert run["train"]["learning_rate"] == pytest.approx(expected)
+    results = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
+    assert [r["learning_rate"] for r in results] == [r["train"]["learning_rate"] for r in written["runs"]]
+    sweep.check_workdir(workdir, plan)  # the unsearched plan still resumes the searched sweep
