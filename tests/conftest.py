@@ -1,9 +1,13 @@
-"""Test setup: 8 fake CPU devices (set before JAX is imported) and shared tiny configurations."""
+"""Test setup: 8 fake CPU devices (set before JAX is imported), shared tiny configurations and a tiny
+TFDS text dataset built locally."""
 import os
+import random
+from typing import NamedTuple
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from scaling.config import ModelConfig, TrainConfig  # noqa: E402
@@ -22,3 +26,65 @@ def tiny_train() -> TrainConfig:
         tokens=8 * 8 * 32, batch_size=8, learning_rate=1e-2, data="synthetic",
         eval_every=2, eval_batches=2, log_every=1, checkpoint_every=2,
     )
+
+
+class TfdsText(NamedTuple):
+    """A TFDS text dataset prepared on disk: pass `--data name --data_dir data_dir --text_key text_key`.
+
+    `documents` holds the generated text per TFDS split, in generation order (TFDS stores examples
+    shuffled).
+    """
+
+    name: str
+    data_dir: str
+    text_key: str
+    documents: dict
+
+
+TINY_TEXT_DOCUMENTS = {"train": 300, "validation": 60}
+_WORDS = ("the model reads a token and predicts the next one while loss falls slowly over many steps "
+          "data flows through windows of packed text caf\u00e9 na\u00efve \u00fcber \u4e2d\u6587 \u00bd "
+          "gradient layer attention expert router").split()
+
+
+def tiny_text_documents(split: str) -> list[str]:
+    """Generated documents of one split: 1-4 lines of 3-15 words from a fixed word list (some
+    non-ASCII), seeded by the split, so any process regenerates them."""
+    rng = random.Random(split)
+    lines = lambda: " ".join(rng.choices(_WORDS, k=rng.randint(3, 15))).capitalize() + "."
+    return ["\n".join(lines() for _ in range(rng.randint(1, 4))) for _ in range(TINY_TEXT_DOCUMENTS[split])]
+
+
+@pytest.fixture(scope="session")
+def tfds_text(tmp_path_factory) -> TfdsText:
+    """A tiny TFDS text dataset built locally, no network and no mocks: `tfds:scaling_tiny_text`, a
+    tfds.core.GeneratorBasedBuilder over tiny_text_documents (features "text", "title" and "id"; splits
+    train and validation), prepared as ArrayRecord into a temporary data_dir once per test session.
+
+    Later tests may train on it (e.g. `--tokenizer spm:320`: SentencePiece accepts 306 <= N <= 370 on
+    its training split) or launch other processes on it: a process without the builder class reads
+    the prepared files from data_dir all the same.
+    """
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class ScalingTinyText(tfds.core.GeneratorBasedBuilder):
+        """Generated short documents for the data pipeline's tests."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {"text": tfds.features.Text(), "title": tfds.features.Text(), "id": np.int64}
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            del dl_manager
+            return {split: self._generate_examples(split) for split in TINY_TEXT_DOCUMENTS}
+
+        def _generate_examples(self, split):
+            for index, text in enumerate(tiny_text_documents(split)):
+                yield index, {"text": text, "title": f"{split} {index}", "id": index}
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    ScalingTinyText(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    documents = {split: [text.encode() for text in tiny_text_documents(split)] for split in TINY_TEXT_DOCUMENTS}
+    return TfdsText("tfds:scaling_tiny_text", data_dir, "text", documents)

@@ -34,15 +34,14 @@ class BatchLoader:
         self._shape = (global_batch_size, len(source[0]) - 1)
         self._sharding = sharding
         self._rows = local_rows(sharding, self._shape)
-        self._padded = getattr(source, "padded", False)
 
     def __call__(self, step: int) -> dict:
-        """{"inputs", "targets": int32 [B, T], "weights": float32 [B, T]} as global jax.Arrays."""
+        """{"inputs", "targets": int32 [B, T], "weights": float32 [B, T] (all ones: no record is padded)}
+        as global jax.Arrays."""
         first = step * self._shape[0]
         tokens = np.stack([self._stream[first + row] for row in self._rows])
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        weights = (targets != 0) if self._padded else np.ones(targets.shape, bool)
-        local = {"inputs": inputs, "targets": targets, "weights": weights.astype(np.float32)}
+        local = {"inputs": inputs, "targets": targets, "weights": np.ones(targets.shape, np.float32)}
         return {key: self._global(value) for key, value in local.items()}
 
     def _global(self, rows: np.ndarray) -> jax.Array:

@@ -1,4 +1,4 @@
-"""The embedded default corpus: byte-level tokens of the running interpreter's standard library."""
+"""The embedded default corpus: the running interpreter's standard library, one document per file."""
 import functools
 import hashlib
 import pathlib
@@ -6,19 +6,17 @@ import platform
 import sysconfig
 from typing import NamedTuple
 
-import numpy as np
+import grain
 
-from scaling.data.windows import WindowSource
-
-SEPARATOR = b"\x00"
+SEPARATOR = b"\x00"  # between paths and contents in the fingerprint's hash
 EVAL_PERCENT = 5
 _EXCLUDED_DIRS = {"site-packages", "dist-packages"}
 
 
 class Corpus(NamedTuple):
-    """Token streams per split, the files behind them and the whole corpus's fingerprint."""
+    """Documents per split, the files behind them and the whole corpus's fingerprint."""
 
-    tokens: dict  # split -> np.uint8 stream
+    documents: dict  # split -> tuple of each file's bytes
     files: dict  # split -> tuple of relative paths
     fingerprint: dict
 
@@ -48,7 +46,7 @@ def _read(root: pathlib.Path, files: list[str]) -> tuple[dict, str]:
 
 @functools.lru_cache(maxsize=None)
 def load() -> Corpus:
-    """Reads and tokenises the standard library once per process."""
+    """Reads the standard library once per process."""
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
     files = stdlib_files(root)
     by_split, sha256 = _read(root, files)
@@ -60,22 +58,19 @@ def load() -> Corpus:
         "sha256": sha256,
     }
     return Corpus(
-        tokens={
-            split: np.frombuffer(SEPARATOR.join(data for _, data in items), np.uint8)
-            for split, items in by_split.items()
-        },
+        documents={split: tuple(data for _, data in items) for split, items in by_split.items()},
         files={split: tuple(path for path, _ in items) for split, items in by_split.items()},
         fingerprint=fingerprint,
     )
 
 
-def make_source(name: str, split: str, seq_len: int) -> WindowSource:
-    """Windows of seq_len + 1 tokens over the split's stream."""
-    del name
-    return WindowSource(load().tokens[split], seq_len)
+def documents(name: str, split: str, data_dir: str | None, text_key: str) -> grain.MapDataset:
+    """The split's files, in path order, one document each (`data_dir` and `text_key` do not apply)."""
+    del name, data_dir, text_key
+    return grain.MapDataset.source(load().documents[split])
 
 
-def fingerprint(name: str) -> dict:
+def fingerprint(name: str, data_dir: str | None, text_key: str) -> dict:
     """File count, byte count and sha256 over both splits, plus the Python version."""
-    del name
+    del name, data_dir, text_key
     return dict(load().fingerprint)

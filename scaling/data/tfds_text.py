@@ -1,9 +1,12 @@
-"""The large-scale path: documents of a TensorFlow Datasets text dataset, byte-level, via ArrayRecord."""
-import numpy as np
+"""The large-scale path: the documents of a prepared TensorFlow Datasets text dataset, read by random
+access (tfds.data_source over ArrayRecord files), never downloaded or prepared here."""
+import functools
+import os
+
+import grain
 
 from scaling.config import UsageError
 
-PAD = 0
 _EVAL_SPLITS = ("validation", "test")
 
 
@@ -20,50 +23,68 @@ def _dataset_name(name: str) -> str:
     return name.removeprefix("tfds:")
 
 
-def _open(name: str, split: str):
-    """tfds.data_source for `split`; "eval" is the validation split, or test where there is none."""
+def _build_command(name: str, data_dir: str | None) -> str:
+    return f"tfds build {name} --data_dir {data_dir or 'DIR'} --file_format array_record"
+
+
+@functools.lru_cache(maxsize=None)
+def _builder(name: str, data_dir: str | None):
+    """The prepared dataset's builder; UsageError for a missing data_dir, an unknown or unprepared dataset."""
     tfds = _tfds()
-    if split == "train":
-        return tfds.data_source(name, split="train")
-    for candidate in _EVAL_SPLITS:
-        try:
-            return tfds.data_source(name, split=candidate)
-        except (KeyError, ValueError):
-            continue
-    raise UsageError("--data", f"tfds:{name} has neither a validation nor a test split")
+    if data_dir is not None and "://" not in data_dir and not os.path.isdir(data_dir):
+        raise UsageError("--data_dir", f"{data_dir} is not a directory; give the one holding prepared TFDS datasets")
+    where = data_dir or tfds.core.constants.DATA_DIR
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except ValueError as error:  # DatasetNotFoundError, or an unknown config or version
+        raise UsageError("--data", f"tfds:{name}: {str(error).splitlines()[0]} (not a registered TFDS name, nor "
+                                   f"prepared in {where}); check the name against the TFDS catalog") from None
+    if not builder.is_prepared():
+        raise UsageError("--data", f"tfds:{name} is not prepared in {where}; prepare it with: "
+                                   f"{_build_command(name, data_dir)}")
+    return builder
 
 
-class DocumentSource:
-    """One record per document: UTF-8 bytes truncated to seq_len + 1, padded with PAD.
+def _split(builder, name: str, split: str) -> str:
+    """The TFDS split behind "train" and "eval" (validation, or test where there is none)."""
+    candidates = ("train",) if split == "train" else _EVAL_SPLITS
+    for candidate in candidates:
+        if candidate in builder.info.splits:
+            return candidate
+    raise UsageError("--data", f"tfds:{name} has no {' or '.join(candidates)} split; choose another dataset")
 
-    `padded` tells the loader to give padded targets weight 0. NUL bytes are dropped from the
-    text, so every PAD token is padding.
+
+def _check_text_key(builder, name: str, text_key: str) -> None:
+    """UsageError unless `text_key` is a text feature of the dataset, naming the features it has."""
+    features = builder.info.features
+    if text_key not in features:
+        raise UsageError("--text_key", f"tfds:{name} has no feature {text_key!r}; its features are "
+                                       f"{', '.join(sorted(features))}")
+    if not isinstance(features[text_key], _tfds().features.Text):
+        raise UsageError("--text_key", f"feature {text_key!r} of tfds:{name} is {features[text_key]!r}, not text; "
+                                       "choose a text feature")
+
+
+def documents(name: str, split: str, data_dir: str | None, text_key: str) -> grain.MapDataset:
+    """The `text_key` feature (UTF-8 bytes) of each example of the split, in the dataset's order."""
+    name = _dataset_name(name)
+    builder = _builder(name, data_dir)
+    _check_text_key(builder, name, text_key)
+    try:
+        source = _tfds().data_source(name, split=_split(builder, name, split), data_dir=data_dir, download=False)
+    except NotImplementedError:  # prepared as TFRecord, which has no random access
+        raise UsageError("--data", f"tfds:{name} is prepared without random access; re-prepare it with: "
+                                   f"{_build_command(name, data_dir)}") from None
+    return grain.MapDataset.source(source).map(lambda example: example[text_key])
+
+
+def fingerprint(name: str, data_dir: str | None, text_key: str) -> dict:
+    """The dataset's full name (name/config/version), its text feature and its documents per split.
+
+    `data_dir` is where the data lies, not what it is, so it is left out.
     """
-
-    padded = True
-
-    def __init__(self, documents, seq_len: int):
-        self._documents = documents
-        self._length = seq_len + 1
-
-    def __len__(self) -> int:
-        return len(self._documents)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        text = self._documents[index]["text"].replace(b"\x00", b"")[: self._length]
-        record = np.full(self._length, PAD, np.int32)
-        record[: len(text)] = np.frombuffer(text, np.uint8)
-        return record
-
-    def __repr__(self) -> str:
-        return f"DocumentSource(documents={len(self)}, length={self._length})"
-
-
-def make_source(name: str, split: str, seq_len: int) -> DocumentSource:
-    """Documents of `split` of the tfds dataset in `name` ("tfds:NAME")."""
-    return DocumentSource(_open(_dataset_name(name), split), seq_len)
-
-
-def fingerprint(name: str) -> dict:
-    """The dataset name (which may pin a version, e.g. tfds:lm1b:1.1.0) and the tokenisation."""
-    return {"name": name, "tokenizer": "utf8-bytes", "pad_id": PAD}
+    dataset = _dataset_name(name)
+    builder = _builder(dataset, data_dir)
+    _check_text_key(builder, dataset, text_key)
+    counts = {split: builder.info.splits[_split(builder, dataset, split)].num_examples for split in ("train", "eval")}
+    return {"name": name, "dataset": builder.info.full_name, "text_key": text_key, "documents": counts}

@@ -1,9 +1,14 @@
-"""Random access to fixed-length windows of one token stream."""
+"""Random access to fixed-length windows of one token stream (a packed split: see packing.py)."""
 import numpy as np
 
 
 class WindowSource:
-    """Records of seq_len + 1 tokens at stride seq_len, so neighbours share one boundary token."""
+    """Records of seq_len + 1 tokens at stride seq_len, so neighbours share one boundary token: the
+    last target of record i is the first input of record i + 1, and every token but the stream's first
+    is a target of exactly one record. Only the final partial window is dropped.
+
+    `tokens` may be memory-mapped; a record is read (and copied to int32) on access.
+    """
 
     def __init__(self, tokens: np.ndarray, seq_len: int):
         self._tokens = tokens

@@ -1,0 +1,68 @@
+"""Packing: a split's documents tokenised and joined by the end-of-document token into one stream.
+
+The stream is eod, doc_0, eod, doc_1, eod, ..., doc_n, eod; WindowSource (windows.py) cuts it into
+records of seq_len + 1 tokens at stride seq_len, so every token after the leading eod is a target
+exactly once per epoch (a document's first token is predicted from the eod before it), nothing is
+padding, and only the final partial window is dropped.
+
+Bits per byte. Each target token covers UTF-8 bytes of text; an eod counts as one byte (the separator
+character between documents, which the model must predict like any other). The bits per byte of a
+set of target tokens is (sum of their losses in nats) / ln 2 / (bytes they cover); over a whole split
+that is mean_loss * tokens / (ln 2 * bytes) = mean_loss / ln 2 / bytes_per_token. With the bytes
+tokenizer every token covers one byte, so bits per byte is the loss in bits per token.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from scaling.data import cache
+
+PACKING = "eod, doc_0, eod, doc_1, ..., eod; windows of seq_len + 1 tokens at stride seq_len"
+
+
+class Packed(NamedTuple):
+    """A split's token stream (uint16 where the vocabulary allows), the text bytes its targets cover
+    (eod as one byte) and its document count."""
+
+    tokens: np.ndarray
+    text_bytes: int
+    documents: int
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Text bytes per target token over the whole split (targets: every token but the first)."""
+        return self.text_bytes / (len(self.tokens) - 1)
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 2**16 else np.int32
+
+
+def pack(documents, tokenizer) -> Packed:
+    """Tokenises `documents` (a grain MapDataset of UTF-8 bytes), in order, through grain's threaded reads.
+
+    The whole stream is built in memory once; a corpus larger than memory would need a counting pass
+    and then writing each document's ids into np.lib.format.open_memmap (reading the cached file is
+    already memory-mapped: see load_or_pack).
+    """
+    dtype = token_dtype(tokenizer.vocab_size)
+    encode = lambda text: (np.asarray(tokenizer.encode(text) + [tokenizer.eod_id], dtype), len(text) + 1)
+    pieces, text_bytes = [np.array([tokenizer.eod_id], dtype)], 0
+    for ids, size in documents.map(encode).to_iter_dataset():
+        pieces.append(ids)
+        text_bytes += size
+    return Packed(np.concatenate(pieces), text_bytes, len(documents))
+
+
+def load_or_pack(documents, tokenizer, stem: str | None) -> Packed:
+    """The packed split cached at `stem` (.npy + .json, memory-mapped), else packed and saved there;
+    `stem` None packs in memory only."""
+    loaded = None if stem is None else cache.load_tokens(stem)
+    if loaded is not None:
+        tokens, meta = loaded
+        return Packed(tokens, meta["text_bytes"], meta["documents"])
+    packed = pack(documents, tokenizer)
+    if stem is not None:
+        cache.save_tokens(stem, packed.tokens, {"text_bytes": packed.text_bytes, "documents": packed.documents,
+                                                "tokens": len(packed.tokens), "tokenizer": tokenizer.fingerprint})
+    return packed
