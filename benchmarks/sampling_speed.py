@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    models = [load_params(run) for run in args.runs.split(",")]
+    models = [load_params(run)[:2] for run in args.runs.split(",")]
     prompt = np.tile(np.frombuffer(args.prompt.encode(), np.uint8).astype(np.int32), (args.batch, 1))
     times = [[] for _ in models]
     outputs = [None] * len(models)

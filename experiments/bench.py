@@ -22,7 +22,7 @@ from scaling.config import UsageError
 from scaling.train import fitting
 
 cli.define_model_flags()
-cli.define_train_flags(("batch_size", "data"))
+cli.define_train_flags(("batch_size", "data", "tokenizer", "data_dir", "text_key"))
 cli.define_common_flags()
 flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")

@@ -112,7 +112,8 @@ def model_config(arch: str | None = None) -> ModelConfig:
     """The model from --size or the explicit shape flags (not both), vocabulary from the data source."""
     spec = get_architecture(arch or FLAGS.arch)
     fields = _values(ModelConfig, skip=("arch", "vocab_size", *SHAPE_FLAGS))
-    vocab = FLAGS.vocab_size if given("vocab_size") else data.vocab_size(FLAGS.data)
+    vocab = FLAGS.vocab_size if given("vocab_size") else data.vocab_size(FLAGS.data, FLAGS.tokenizer, FLAGS.data_dir,
+                                                                         FLAGS.text_key)
     base = ModelConfig(arch=spec.name, vocab_size=vocab, options=spec.options(**_values(spec.options)), **fields)
     shape = {name: FLAGS[name].value for name in SHAPE_FLAGS if given(name)}
     if FLAGS.size is not None:

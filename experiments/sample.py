@@ -1,7 +1,7 @@
 """Continue a prompt with a trained model: python -m experiments.sample --workdir runs/one --prompt 'def '.
 
 Restores the latest checkpoint of the run in --workdir and prints the prompt followed by the sampled
-continuation (byte-level tokens, decoded as UTF-8). Nothing is written.
+continuation, encoded and decoded by the run's tokenizer. Nothing is written.
 """
 import os
 
@@ -10,7 +10,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
-from scaling import sharding
+from scaling import data, sharding
 from scaling.config import MeshConfig, TrainConfig, UsageError
 from scaling.models.registry import model_config_from_dict
 from scaling.sample import sample
@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 
 
 def load_params(run_dir: str):
-    """(model config, parameters) of the latest checkpoint of a run directory."""
+    """(model config, parameters, tokenizer or None) of the latest checkpoint of a run directory."""
     config = read_config(run_dir) if run_dir else None
     if config is None or not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         raise UsageError("--workdir", f"{run_dir!r} holds no trained run (config.json and checkpoints/)")
@@ -40,22 +40,26 @@ def load_params(run_dir: str):
     mngr.close()
     if state is None:
         raise UsageError("--workdir", f"{run_dir} has no checkpoint yet; train it first")
-    return model_cfg, state.params
+    tokenizer = data.tokenizer(train_cfg.data, train_cfg.tokenizer, train_cfg.data_dir, train_cfg.text_key,
+                               config.get("data_cache"))
+    return model_cfg, state.params, tokenizer
 
 
 def main(argv) -> None:
     del argv
     if FLAGS.num_tokens < 1 or FLAGS.num_samples < 1 or FLAGS.temperature < 0 or FLAGS.top_k < 0:
         raise UsageError("--num_tokens", "--num_tokens, --num_samples must be >= 1; --temperature, --top_k >= 0")
-    model_cfg, params = load_params(FLAGS.workdir)
-    prompt = list(FLAGS.prompt.encode())
+    model_cfg, params, tokenizer = load_params(FLAGS.workdir)
+    if tokenizer is None:
+        raise UsageError("--workdir", f"{FLAGS.workdir} was trained on token ids (synthetic data), not text")
+    prompt = tokenizer.encode(FLAGS.prompt)
     if not prompt:
         raise UsageError("--prompt", "give at least one character to continue")
     batch = np.tile(np.asarray(prompt, np.int32), (FLAGS.num_samples, 1))
     tokens = sample(model_cfg, params, batch, FLAGS.num_tokens, temperature=FLAGS.temperature,
                     top_k=FLAGS.top_k, seed=FLAGS.seed)
     for row in np.asarray(tokens):
-        print(FLAGS.prompt + bytes(row.astype(np.uint8).tolist()).decode("utf-8", errors="replace"))
+        print(FLAGS.prompt + tokenizer.decode(row.tolist()))
         print("-" * 40)
 
 

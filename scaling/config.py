@@ -130,6 +130,10 @@ class TrainConfig:
     eps: float = option(1e-8, "Adam epsilon.")
     seed: int = option(0, "Seed of the initialisation and of the data order.")
     data: str = option("pystdlib", "Data source: pystdlib, synthetic or tfds:NAME.")
+    tokenizer: str = option("bytes", "Tokenizer of text data: bytes (UTF-8 bytes and an end-of-document id) or "
+                                     "spm:N (SentencePiece, N pieces, trained on the training split).")
+    data_dir: str | None = option(None, "TFDS data directory (where `tfds build` prepared the dataset).")
+    text_key: str = option("text", "The TFDS feature holding the text.")
     eval_every: int = option(0, "Steps between evaluations (0: ten per run).")
     eval_batches: int = option(4, "Held-out batches per evaluation.")
     log_every: int = option(10, "Steps between metrics records.")

@@ -17,6 +17,8 @@ import dataclasses
 import functools
 import math
 
+import numpy as np
+
 from scaling.config import ModelConfig, UsageError
 
 HEAD_DIM = 64
@@ -47,21 +49,25 @@ def _candidates() -> tuple[tuple[int, int, int], ...]:
     )
 
 
+@functools.cache
+def _scored_candidates(min_layers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates with at least `min_layers` blocks as arrays: ln N, the aspect-ratio penalty, and
+    (n_layers, d_model) rows (shape_for_params scores thousands of them per call, in planning loops)."""
+    kept = np.array([c for c in _candidates() if c[1] >= min_layers], dtype=np.float64).reshape(-1, 3)
+    params, layers, d = kept.T
+    return np.log(params), 0.25 * np.abs(np.log(d / layers / ASPECT_RATIO)), kept[:, 1:].astype(int)
+
+
 def shape_for_params(target: float, base: ModelConfig = ModelConfig()) -> ModelConfig:
     """The family member for `target` non-embedding parameters, among those with at least
     `base.options.min_layers()` blocks; other fields come from `base`."""
     if not (MIN_PARAMS <= target <= MAX_PARAMS):
         raise UsageError("--size", f"choose a size between {MIN_PARAMS:.0e} and {MAX_PARAMS:.0e} parameters")
-
-    def score(candidate):
-        params, layers, d = candidate
-        return abs(math.log(params / target)) + 0.25 * abs(math.log(d / layers / ASPECT_RATIO))
-
-    candidates = [c for c in _candidates() if c[1] >= base.options.min_layers()]
-    if not candidates:
+    log_params, penalty, shapes = _scored_candidates(base.options.min_layers())
+    if not len(shapes):
         raise UsageError(base.options.depth_flag, f"the size family has at most {_candidates()[-1][1]} blocks; "
                                                   "choose fewer")
-    _, n_layers, d_model = min(candidates, key=score)
+    n_layers, d_model = (int(v) for v in shapes[np.argmin(np.abs(log_params - math.log(target)) + penalty)])
     return dataclasses.replace(
         base, d_model=d_model, n_layers=n_layers, n_heads=d_model // HEAD_DIM, d_ff=d_ff_for(d_model)
     )

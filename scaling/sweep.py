@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from scaling import analysis, data, sharding
+from scaling import analysis, sharding
 from scaling.benchmark import time_train_step
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.flops import CONVENTION
@@ -22,7 +22,7 @@ from scaling.shapes import MAX_PARAMS, MIN_PARAMS, shape_for_params
 from scaling import lr_search as lr_search_lib
 from scaling.lr_search import kaplan_learning_rate
 from scaling.train import fitting
-from scaling.train.loop import LAYOUT, train
+from scaling.train.loop import LAYOUT, default_cache_dir, train
 from scaling.train.metrics import append_line, make_parent, strict_json
 
 TOKENS_PER_PARAM = 20
@@ -384,10 +384,11 @@ def result_record(run: dict, summary: dict) -> dict:
         "learning_rate": run["train"]["learning_rate"],
         "final_train_loss": summary["final_train_loss"],
         "final_eval_loss": summary["final_eval_loss"],
+        "final_eval_bpb": summary["final_eval_bpb"],
         "status": summary["status"],
         "wall_s": summary["wall_s"],
         "flops_convention": CONVENTION,
-        "data_fingerprint": data.fingerprint(run["train"]["data"]),
+        "data_fingerprint": summary["data_fingerprint"],
     }
 
 
@@ -400,7 +401,8 @@ def _train_run(run: dict, workdir: str, mesh_cfg: MeshConfig, log, device_memory
     """Trains (or resumes, or reads the summary of) one planned run on its fitted mesh."""
     run_mesh = MeshConfig(**run["mesh"]) if "mesh" in run else mesh_cfg
     summary = train(model_config_from_dict(run["model"]), TrainConfig(**run["train"]), run_mesh,
-                    str(epath.Path(workdir) / "runs" / run["run_id"]), device_memory_gib=device_memory_gib)
+                    str(epath.Path(workdir) / "runs" / run["run_id"]), device_memory_gib=device_memory_gib,
+                    cache_dir=default_cache_dir(workdir))
     if summary["status"] == "diverged":
         log(f"    {run['run_id']} diverged at step {summary['diverged']['step']}: {summary['diverged']['what']}")
     return summary

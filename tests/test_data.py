@@ -351,7 +351,9 @@ def refuse(what: str):
 
 def test_spm_is_trained_once_then_loaded_from_the_cache(tfds_text, tmp_path, monkeypatch):
     options = tfds_options(tfds_text, tmp_path, tokenizer="spm:320")
-    assert data.vocab_size(tfds_text.name, **options) == 320
+    assert data.vocab_size(tfds_text.name, **options) == 320  # known from the spec, nothing trained yet
+    assert not (tmp_path / "tokenizers").exists()
+    data.fingerprint(tfds_text.name, **options)
     path = spm_model(tmp_path)
     monkeypatch.setattr(spm_training, "train", refuse("trained again"))
     fingerprint = data.fingerprint(tfds_text.name, **options)["tokenizer"]
@@ -387,7 +389,7 @@ def test_spm_pieces_spell_the_text_exactly(tfds_text, tmp_path):
 @pytest.mark.parametrize("size", [300, 100_000])
 def test_spm_vocabulary_the_sample_cannot_support_is_one_usage_error_line(tfds_text, tmp_path, size):
     with pytest.raises(UsageError) as error:
-        data.vocab_size(tfds_text.name, **tfds_options(tfds_text, tmp_path, tokenizer=f"spm:{size}"))
+        data.fingerprint(tfds_text.name, **tfds_options(tfds_text, tmp_path, tokenizer=f"spm:{size}"))
     assert error.value.flag == "--tokenizer" and "\n" not in str(error.value)
     assert "Vocabulary size" in str(error.value) and not (tmp_path / "tokenizers").exists()
 

@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
 TRAIN = [
-    *("-m", "experiments.train", "--data", "synthetic", "--mesh", "data=8"),
+    *("-m", "experiments.train", "--mesh", "data=8"),
     *("--d_model", "64", "--n_layers", "1", "--n_heads", "1", "--seq_len", "32", "--batch_size", "8"),
     *("--tokens", str(6 * 8 * 32), "--log_every", "1", "--checkpoint_every", "3"),
     *("--eval_every", "3", "--eval_batches", "1"),
@@ -39,12 +39,15 @@ def metrics(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def test_two_processes_train_like_one_process_with_eight_devices(tmp_path):
+def test_two_processes_train_like_one_process_with_eight_devices(tmp_path, tfds_text):
+    """On the locally built TFDS dataset, through the packed pipeline and a SentencePiece tokenizer
+    trained on it (each process trains the same model deterministically)."""
     multi_dir, single_dir = str(tmp_path / "multi"), str(tmp_path / "single")
+    text = ["--data", tfds_text.name, "--data_dir", tfds_text.data_dir, "--tokenizer", "spm:320"]
     launcher = ["-m", "launch.local", "--num_processes", "2", "--devices_per_process", "4", "--", sys.executable]
-    multi = python([*launcher, *TRAIN, "--workdir", multi_dir], timeout=300)
+    multi = python([*launcher, *TRAIN, *text, "--workdir", multi_dir], timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
-    single = python([*TRAIN, "--workdir", single_dir], clean_env(XLA_FLAGS=EIGHT_DEVICES), timeout=300)
+    single = python([*TRAIN, *text, "--workdir", single_dir], clean_env(XLA_FLAGS=EIGHT_DEVICES), timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     assert '[0]   "complete": true' in multi.stdout and '[1]   "complete"' not in multi.stdout  # process 0 reports
 
@@ -53,9 +56,14 @@ def test_two_processes_train_like_one_process_with_eight_devices(tmp_path):
     np.testing.assert_allclose([r["loss"] for r in multi_log], [r["loss"] for r in single_log], rtol=1e-5)
     evals = lambda log: [r["eval_loss"] for r in log if r["eval_loss"] is not None]
     np.testing.assert_allclose(evals(multi_log), evals(single_log), rtol=1e-5)
-    for run_dir in (multi_dir, single_dir):
+    summaries = [json.load(open(os.path.join(run_dir, "summary.json"))) for run_dir in (multi_dir, single_dir)]
+    for run_dir, summary in zip((multi_dir, single_dir), summaries):
         assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["3", "6"]
-        assert os.path.exists(os.path.join(run_dir, "summary.json"))
+        tokenizer = summary["data_fingerprint"]["tokenizer"]
+        assert tokenizer["spec"] == "spm:320" and tokenizer["vocab_size"] == 320 and len(tokenizer["sha256"]) == 64
+        # Bits per byte: the loss in bits over the UTF-8 bytes the tokens cover (> 1 byte per spm token).
+        assert 0 < summary["final_eval_bpb"] < summary["final_eval_loss"] / np.log(2)
+    assert summaries[0]["data_fingerprint"] == summaries[1]["data_fingerprint"]  # the same tokenizer, trained twice
 
 
 def test_local_sets_the_process_env_and_prefixes_output():

@@ -84,8 +84,9 @@ def run_sample(*args):
 
 
 def test_sample_entry_point(tmp_path, tiny_train):
-    cfg = dataclasses.replace(CONFIGS["tnl"], seq_len=32)
-    train(cfg, dataclasses.replace(tiny_train, eval_every=8), MeshConfig(), str(tmp_path / "run"), max_steps=2)
+    cfg = dataclasses.replace(CONFIGS["tnl"], seq_len=32, vocab_size=257)  # pystdlib's bytes + end of document
+    train(cfg, dataclasses.replace(tiny_train, eval_every=8, data="pystdlib"), MeshConfig(), str(tmp_path / "run"),
+          max_steps=2)
     result = run_sample("--workdir", str(tmp_path / "run"), "--prompt", "import ", "--num_tokens", "8")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("import ")

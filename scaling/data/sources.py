@@ -125,13 +125,11 @@ def make_source(name: str, split: str, seq_len: int, tokenizer: str = "bytes", d
 def vocab_size(name: str, tokenizer: str = "bytes", data_dir: str | None = None, text_key: str = "text",
                cache_dir: str | None = None) -> int:
     """Number of distinct token ids: 256 for synthetic, 257 for bytes (with the end-of-document id),
-    N for spm:N (training the model if it is not in cache_dir yet)."""
+    N for spm:N (SentencePiece trains exactly N pieces)."""
     spec = _spec(name, tokenizer, data_dir, text_key, cache_dir)
     if spec is None:
         return synthetic.VOCAB
-    if tokenizer == "bytes":
-        return tokenizers.ByteTokenizer.vocab_size
-    return spec.make_tokenizer().vocab_size
+    return tokenizers.check_spec(tokenizer) or tokenizers.ByteTokenizer.vocab_size
 
 
 def fingerprint(name: str, tokenizer: str = "bytes", data_dir: str | None = None, text_key: str = "text",
@@ -142,6 +140,13 @@ def fingerprint(name: str, tokenizer: str = "bytes", data_dir: str | None = None
     if spec is None:
         return synthetic.fingerprint(name)
     return {**spec.data_fingerprint(), "tokenizer": dict(spec.make_tokenizer().fingerprint), "packing": packing.PACKING}
+
+
+def tokenizer(name: str, tokenizer: str = "bytes", data_dir: str | None = None, text_key: str = "text",
+              cache_dir: str | None = None):
+    """The tokenizer of text data (None for synthetic), to encode prompts and decode samples."""
+    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir)
+    return None if spec is None else spec.make_tokenizer()
 
 
 def bytes_per_token(name: str, split: str, tokenizer: str = "bytes", data_dir: str | None = None,

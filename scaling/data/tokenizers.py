@@ -1,7 +1,8 @@
 """Tokenizers named by a `--tokenizer` spec: `bytes` (UTF-8 bytes) or `spm:N` (a trained SentencePiece model).
 
-A tokenizer has `vocab_size`, `eod_id`, `encode(text) -> list[int]` and a JSON `fingerprint`. Documents
-are joined with `eod_id` in the packed stream (scaling/data/packing.py), so it is an id no text maps to.
+A tokenizer has `vocab_size`, `eod_id`, `encode(text) -> list[int]`, `decode(ids) -> str` and a JSON
+`fingerprint`. Documents are joined with `eod_id` in the packed stream (scaling/data/packing.py), so it
+is an id no text maps to.
 """
 import hashlib
 import os
@@ -34,6 +35,10 @@ class ByteTokenizer:
     def encode(self, text: bytes | str) -> list[int]:
         return list(text.encode() if isinstance(text, str) else text)
 
+    def decode(self, ids) -> str:
+        """The text of `ids`, an end-of-document id as a newline."""
+        return bytes(10 if i == self.eod_id else int(i) for i in ids).decode("utf-8", errors="replace")
+
 
 class SentencePieceTokenizer:
     """A SentencePiece model file (see spm_training.py for how it was trained), fingerprinted by the
@@ -56,6 +61,9 @@ class SentencePieceTokenizer:
     def encode(self, text: bytes | str) -> list[int]:
         """Ids of `text` (bytes are read as UTF-8); byte fallback leaves no unknown piece."""
         return self._processor.encode(_text(text))
+
+    def decode(self, ids) -> str:
+        return self._processor.decode([int(i) for i in ids])
 
 
 def check_spec(spec: str) -> int | None:

@@ -9,7 +9,10 @@ from etils import epath
 
 def manager(run_dir: str, keep: int, every: int) -> ocp.CheckpointManager:
     """A CheckpointManager over <run_dir>/checkpoints saving every `every` steps, keeping the last `keep`."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(1, every), create=True)
+    every = max(1, every)
+    # An explicit rule rather than save_interval_steps: newer orbax adds a save at the first step to that.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, should_save_fn=lambda step, last: step % every == 0,
+                                           create=True)
     path = epath.Path(run_dir) / "checkpoints"
     return ocp.CheckpointManager(path if path.is_absolute() else epath.Path(os.path.abspath(path)), options=options)
 

@@ -48,7 +48,7 @@ def run_config(run: Run, mesh_cfg: MeshConfig, extra: dict | None = None) -> dic
         "mesh": dataclasses.asdict(mesh_cfg),
         "counts": dataclasses.asdict(run.arch.counts(run.model_cfg)),
         "flops_convention": CONVENTION,
-        "data_fingerprint": data.fingerprint(run.train_cfg.data),
+        "data_fingerprint": data.fingerprint(run.train_cfg.data, **run.data_options),
         **(extra or {}),
     }
 
@@ -68,7 +68,7 @@ FITTED = {"model": ("remat",), "train": ("microbatches",)}
 
 
 def _comparable(config: dict) -> dict:
-    kept = {key: value for key, value in config.items() if key not in ("versions", "mesh", "memory")}
+    kept = {key: value for key, value in config.items() if key not in ("versions", "mesh", "memory", "data_cache")}
     for part, fields in FITTED.items():
         kept[part] = {key: value for key, value in kept[part].items() if key not in fields}
     return kept
@@ -109,6 +109,13 @@ def _write_config(run_dir: str, config: dict) -> None:
     _write_json(epath.Path(run_dir) / "config.json", {**config, "versions": _versions()})
 
 
+def default_cache_dir(run_dir: str) -> str:
+    """Where a run keeps its tokenizer and tokenised data unless told: beside it, if it is local."""
+    if "://" in str(run_dir):
+        return os.path.expanduser("~/.cache/scaling")
+    return os.path.join(str(run_dir), "data")
+
+
 class Diverged(Exception):
     """A non-finite loss or gradient norm at `step`; the run stops there."""
 
@@ -129,19 +136,24 @@ def _interval_means(steps: list[int], pending: list[dict]) -> dict:
 
 
 class Evaluator:
-    """Mean LM loss over a fixed set of held-out batches (the same batches at every evaluation)."""
+    """Mean LM loss over a fixed set of held-out batches (the same batches at every evaluation), and
+    its bits per byte: loss / ln 2 / the eval split's UTF-8 bytes per token (None for token data)."""
 
     def __init__(self, run: Run):
         loader = run.loader("eval", seed=EVAL_SEED)
         self.batches = [loader(i) for i in range(run.train_cfg.eval_batches)]
         self.step = run.eval_step()
         self.mesh = run.mesh
+        self.bytes_per_token = data.bytes_per_token(run.train_cfg.data, "eval", **run.data_options)
 
     def __call__(self, params) -> float:
         with sharding.activate(self.mesh):
             sums = [self.step(params, batch) for batch in self.batches]
         total, count = np.sum(jax.device_get(sums), axis=0)
         return float(total / max(count, 1.0))
+
+    def bits_per_byte(self, loss: float | None) -> float | None:
+        return None if loss is None or self.bytes_per_token is None else loss / math.log(2) / self.bytes_per_token
 
 
 def train(
@@ -155,6 +167,7 @@ def train(
     init_from: Callable | None = None,
     extra_config: dict | None = None,
     device_memory_gib: float | None = None,
+    cache_dir: str | None = None,
 ) -> dict:
     """Trains (or resumes) one run to `train_cfg.tokens`, or stops after `max_steps` with a checkpoint.
 
@@ -162,20 +175,24 @@ def train(
     model's fresh parameters to a new run's initial ones (a distilled student's copied weights);
     `extra_config` is recorded in config.json (and must match on resumption), e.g. a distillation's
     teacher. Remat and microbatches left to fit are chosen for the device memory (`device_memory_gib`,
-    else what the device reports; see scaling/train/fitting.py). Returns the summary, written to
+    else what the device reports; see scaling/train/fitting.py). `cache_dir` keeps trained tokenizers
+    and tokenised data (default: <run_dir>/data, or ~/.cache/scaling for a remote run_dir, since the
+    token arrays are memory-mapped). Returns the summary, written to
     summary.json once the run ends (status complete or diverged); an ended run with the same
     configuration is not trained again. Raises Preempted after saving on SIGTERM.
     """
     name = os.path.basename(os.path.normpath(str(run_dir)))
-    _check_config(run_dir, run_config(Run(model_cfg, train_cfg, sharding.make_mesh(mesh_cfg), loss=loss), mesh_cfg,
-                                      extra_config))
+    cache_dir = cache_dir or default_cache_dir(run_dir)
+    base = Run(model_cfg, train_cfg, sharding.make_mesh(mesh_cfg), loss=loss, cache_dir=cache_dir)
+    base.check_data()
+    _check_config(run_dir, run_config(base, mesh_cfg, extra_config))
     summary_path = epath.Path(run_dir) / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     fitted = fitting.fit(model_cfg, train_cfg, mesh_cfg, fitting.device_memory(device_memory_gib),
-                         name=f"run {name}", loss=loss)
+                         name=f"run {name}", loss=loss, cache_dir=cache_dir)
     run = fitted.run
-    config = {**run_config(run, fitted.mesh_cfg, extra_config),
+    config = {**run_config(run, fitted.mesh_cfg, extra_config), "data_cache": str(cache_dir),
               "memory": {"gib_per_device": fitted.gib_per_device, "note": fitted.note}}
     _write_config(run_dir, config)
 
@@ -203,8 +220,10 @@ def train(
         "tokens": (diverged["step"] if diverged else stop_step) * train_cfg.batch_size * model_cfg.seq_len,
         "final_train_loss": None if diverged else loop.last["loss"],
         "final_eval_loss": None if diverged else loop.last["eval_loss"],
+        "final_eval_bpb": None if diverged else loop.evaluate.bits_per_byte(loop.last["eval_loss"]),
         "wall_s": loop.wall_s,
         **config["counts"],
+        "data_fingerprint": config["data_fingerprint"],
         **({"diverged": diverged} if diverged else {}),
     }
     if summary["complete"] or diverged:
@@ -270,6 +289,7 @@ class _Loop:
             "eval_loss": self.evaluate(state.params) if is_eval else None,
             "wall_s": self.wall_offset + now - start_time,
         }
+        record["eval_bpb"] = self.evaluate.bits_per_byte(record["eval_loss"])
         self.log.write(record)
         self.last.update(loss=record["loss"], eval_loss=record["eval_loss"] or self.last["eval_loss"])
         self.wall_s, self.interval_start = record["wall_s"], time.perf_counter()

@@ -22,14 +22,15 @@ from scaling.train.steps import LMLoss, Loss, make_eval_step, make_train_step
 class Run:
     """The model, optimizer and schedule, state shardings, init/restore, and the jitted steps of one run.
 
-    `loss` defaults to the LM loss; `total_steps` (default: the train config's) sets the schedule.
+    `loss` defaults to the LM loss; `total_steps` (default: the train config's) sets the schedule;
+    `cache_dir` keeps trained tokenizers and tokenised data (scaling/data/sources.py).
     Configs are validated and the mesh is checked on construction (UsageError on bad input). Settings
     left to fit the device memory resolve here to none (remat auto) and one microbatch (0);
     scaling/train/fitting.py chooses them against a device's memory instead.
     """
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, mesh: Mesh, *, loss: Loss | None = None,
-                 total_steps: int | None = None):
+                 total_steps: int | None = None, cache_dir: str | None = None):
         if model_cfg.remat == "auto":
             model_cfg = dataclasses.replace(model_cfg, remat="none")
         train_cfg = dataclasses.replace(train_cfg, microbatches=train_cfg.microbatches or 1)
@@ -37,6 +38,8 @@ class Run:
         self.train_cfg = train_cfg.validate(model_cfg.seq_len)
         self.arch = get_architecture(model_cfg.arch)
         self.arch.check_fits(mesh, model_cfg, train_cfg.batch_size)
+        self.data_options = {"tokenizer": train_cfg.tokenizer, "data_dir": train_cfg.data_dir,
+                             "text_key": train_cfg.text_key, "cache_dir": cache_dir}
         per_device = train_cfg.batch_size // sharding.batch_ways(mesh)
         if per_device % train_cfg.microbatches:
             raise UsageError("--microbatches", f"{train_cfg.microbatches} does not divide the {per_device} sequences "
@@ -97,10 +100,18 @@ class Run:
         """(params, batch) -> (sum of token losses, tokens), jitted over the mesh."""
         return jax.jit(make_eval_step(self.model), in_shardings=(self.shardings.params, sharding.batch_sharding(self.mesh)))
 
+    def check_data(self) -> None:
+        """UsageError unless the model's vocabulary holds every token id of its data."""
+        tokens = data.vocab_size(self.train_cfg.data, **self.data_options)
+        if self.model_cfg.vocab_size < tokens:
+            raise UsageError("--vocab_size", f"{self.model_cfg.vocab_size} is below the {tokens} token ids of --data "
+                                             f"{self.train_cfg.data} with --tokenizer {self.train_cfg.tokenizer}; "
+                                             "raise it")
+
     def loader(self, split: str = "train", seed: int | None = None) -> data.BatchLoader:
         """Batches of this run's data split, a pure function of (seed, step)."""
         return data.BatchLoader(
-            data.make_source(self.train_cfg.data, split, self.model_cfg.seq_len),
+            data.make_source(self.train_cfg.data, split, self.model_cfg.seq_len, **self.data_options),
             global_batch_size=self.train_cfg.batch_size,
             seed=self.train_cfg.seed if seed is None else seed,
             sharding=sharding.batch_sharding(self.mesh),
