@@ -356,6 +356,66 @@ def budget_fits(arch_fits: dict) -> dict[str, dict]:
     return {key: fit for key, fit in arch_fits.items() if key != POWER_LAW}
 
 
+def _compute_multipliers(budgets, base_losses, losses) -> np.ndarray:
+    """C_eq / C per budget: the compute at which the baseline's L_min(C) power law (fitted over the
+    budgets, per row of `base_losses` (rows, budgets)) reaches `losses` (rows, budgets); NaN where a
+    row has a non-finite loss or the law does not fall with C."""
+    log_c = np.log10(np.asarray(budgets, dtype=float))
+    multipliers = np.full(np.shape(losses), np.nan)
+    for i, (base, loss) in enumerate(zip(base_losses, losses)):
+        if np.all(np.isfinite(base)) and np.all(base > 0):
+            slope, intercept = np.polyfit(log_c, np.log10(base), 1)
+            if slope < 0:
+                multipliers[i] = 10 ** ((np.log10(loss) - intercept) / slope - log_c)
+    return multipliers
+
+
+def _against(optima: np.ndarray, budgets: list[float]) -> dict[str, np.ndarray]:
+    """(rows, budgets) arrays of loss_delta, n_opt_ratio and compute_multiplier from (rows, 2 x budgets,
+    3) optima (n_opt, d_opt, loss_min): the baseline's budgets first, then the other arch's."""
+    base, other = optima[:, :len(budgets)], optima[:, len(budgets):]
+    multiplier = (_compute_multipliers(budgets, base[..., 2], other[..., 2]) if len(budgets) >= 2
+                  else np.full(other[..., 2].shape, np.nan))
+    return {"loss_delta": other[..., 2] - base[..., 2], "n_opt_ratio": other[..., 0] / base[..., 0],
+            "compute_multiplier": multiplier}
+
+
+def _finite(value) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def compare_to_baseline(results, baseline: str, x_key: str = "params", metric: str = LOSS_KEY,
+                        resamples: int = RESAMPLES, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """Each other arch against `baseline` at every budget where both parabolas have a minimum:
+    {arch: {budget_key: {"loss_delta", "n_opt_ratio", "compute_multiplier", and their "_ci"}}}.
+
+    loss_delta = L_min(arch) - L_min(baseline) (negative: the arch is better at equal compute);
+    n_opt_ratio = N_opt(arch) / N_opt(baseline) (> 1: its optimum has more parameters, "to the right");
+    compute_multiplier = the compute the baseline needs, by its L_min(C) power law over the sweep's
+    budgets, to reach the arch's L_min, over C (> 1: the arch is worth that many times the baseline's
+    compute; needs >= 2 budgets, an extrapolation outside their range). Intervals come from bootstrap
+    resamples of both archs' runs, drawn independently per budget as in `fit_sweep`."""
+    groups = _by_arch(results)
+    if baseline not in groups:
+        return {}
+    comparison: dict[str, dict[str, dict]] = {}
+    for arch, arch_groups in groups.items():
+        budgets = [b for b in arch_groups if arch != baseline and b in groups[baseline]
+                   and _fittable(arch_groups[b], x_key, metric) and _fittable(groups[baseline][b], x_key, metric)]
+        if not budgets:
+            continue
+        rows = [_usable(groups[baseline][b], metric) for b in budgets] + [_usable(arch_groups[b], metric)
+                                                                           for b in budgets]
+        point = np.array([_optimum(r, x_key, False, metric) for r in rows])[None]
+        measured = _against(point, [float(b) for b in budgets])
+        sampled = _against(_bootstrap_optima(rows, x_key, False, metric, resamples, seed), [float(b) for b in budgets])
+        comparison[arch] = {
+            budget: {**{key: _finite(value[0, j]) for key, value in measured.items()},
+                     **{f"{key}_ci": _interval(value[:, j]) for key, value in sampled.items()}}
+            for j, budget in enumerate(budgets)}
+    return comparison
+
+
 # ----------------------------------------------------------------------------- parametric fit (approach 3)
 
 

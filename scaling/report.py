@@ -15,6 +15,7 @@ from scaling import analysis
 from scaling.config import UsageError
 
 NONE = "—"
+BASELINE = "gpt"
 
 
 def workdir_kind(workdir) -> str:
@@ -55,12 +56,15 @@ def _listing(values, fmt: str = "g") -> str:
 
 
 def _lr_choice(plan: dict, results) -> str:
-    """How learning rates were chosen: plan.json's lr_search grid, else one fixed rate shared by every
-    run, else the sweep's default, the Kaplan rule (Kaplan et al. 2020, eq. D.1)."""
+    """How learning rates were chosen: plan.json's lr_search (grid and each arch's chosen rate), else one
+    fixed rate shared by every run, else the sweep's default, the Kaplan rule (Kaplan et al. 2020, eq. D.1)."""
     search = plan.get("lr_search")
     if search:
-        grid = search.get("grid", search.get("lrs", search)) if isinstance(search, dict) else search
-        return "searched: " + (_listing(grid) if isinstance(grid, (list, tuple)) else str(grid))
+        chosen = ", ".join(f"{arch} {entry['chosen_lr']:.3g}" if entry.get("chosen_lr") else f"{arch} pending"
+                           for arch, entry in search["calibration"].items())
+        return (f"searched per arch: {search['points']} rates x{search['grid_multipliers'][0]:.2g}.."
+                f"x{search['grid_multipliers'][-1]:.2g} the Kaplan rate at {search['calibration_budget']:.2g} FLOPs, "
+                f"best carried to every size by the Kaplan ratio ({chosen})")
     rates = {r["learning_rate"] for r in results if r.get("learning_rate") is not None}
     rates |= {run["train"]["learning_rate"] for run in plan.get("runs", []) if "learning_rate" in run.get("train", {})}
     if len(rates) == 1 and len(results) > 1:
@@ -146,6 +150,21 @@ def _parametric_table(laws) -> list[str]:
                         f"points of the Hoffmann et al. grid; compute-optimal laws under C = 6 N D."]
 
 
+def _baseline_table(comparison, baseline: str) -> list[str]:
+    """Each arch against the baseline per budget (analysis.compare_to_baseline), with intervals."""
+    if not comparison:
+        return [f"No comparison: it needs {baseline} and another arch with a minimum at the same budget."]
+    lines = [f"| arch | budget C | L_min - L_min({baseline}) | N_opt / N_opt({baseline}) | "
+             f"{baseline} compute to reach its L_min, / C |", "|---|---|---|---|---|"]
+    for arch, budgets in comparison.items():
+        for budget, entry in budgets.items():
+            lines.append(f"| {arch} | {float(budget):.3g} | {_with_ci(entry['loss_delta'], entry['loss_delta_ci'], '+.4f')} | "
+                         f"{_with_ci(entry['n_opt_ratio'], entry['n_opt_ratio_ci'], '.2f')} | "
+                         f"{_with_ci(entry['compute_multiplier'], entry['compute_multiplier_ci'], '.2f')} |")
+    return lines + ["", f"Negative loss differences and multipliers above 1 favour the arch. The multiplier inverts "
+                        f"{baseline}'s L_min(C) power law over the sweep's budgets (outside them it extrapolates)."]
+
+
 def _runs_table(results, metric: str) -> list[str]:
     """One row per arch, budget and size: run_ids, params, tokens, seeds averaged, mean and spread."""
     lines = [f"| arch | budget C | run_ids | params | tokens | seeds | {metric} | spread |",
@@ -158,18 +177,22 @@ def _runs_table(results, metric: str) -> list[str]:
     return lines
 
 
-def sweep_section(workdir, resamples: int = analysis.RESAMPLES, seed: int = 0, metric: str = analysis.LOSS_KEY) -> str:
-    """The markdown section of one sweep workdir: setup, approach 2 optima, power laws, approach 3, runs."""
+def sweep_section(workdir, resamples: int = analysis.RESAMPLES, seed: int = 0, metric: str = analysis.LOSS_KEY,
+                  baseline: str = BASELINE) -> str:
+    """The markdown section of one sweep workdir: setup, approach 2 optima, the archs against the
+    baseline, power laws, approach 3, runs."""
     results = analysis.load_results(workdir)
     fitted = [fit for arch_fits in _read_json(epath.Path(workdir) / "fits.json").values()
               for fit in analysis.budget_fits(arch_fits).values()]
     x_key = fitted[0]["x_key"] if fitted else "params"
     fits = analysis.fit_sweep(results, x_key, metric=metric, resamples=resamples, seed=seed)
     laws = analysis.fit_parametric_sweep(results, x_key, metric, resamples=resamples, seed=seed)
+    comparison = analysis.compare_to_baseline(results, baseline, x_key, metric, resamples, seed)
     return "\n".join([
         f"## Sweep `{workdir}`", "", _sweep_setup(_read_json(epath.Path(workdir) / "plan.json"), results, x_key, metric,
                                                   resamples, seed), "",
         "### isoFLOP optima (Chinchilla approach 2: parabola in log N per budget)", "", *_optima_table(fits), "",
+        f"### Against {baseline} at equal compute", "", *_baseline_table(comparison, baseline), "",
         "### Power laws N_opt = a C^alpha, D_opt = b C^beta", "", *_laws_table(fits), "",
         "### Parametric fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla approach 3)", "",
         *_parametric_table(laws), "",

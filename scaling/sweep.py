@@ -191,9 +191,9 @@ def _refuse_budget(budget, base, num_sizes, batch_size, arch_runs) -> None:
 def _lr_search_plan(bases, budget, train_base, points, batch_size, plan) -> dict:
     """The calibration runs, and each main run's learning rate left to fill (scaling/lr_search.py)."""
     calibrations = {}
+    batch = batch_size or shared_batch_size(budget, bases, 3)  # one batch: the best rate depends on it
     for base in bases:
         shape = shape_for_params(max(optimal_size(budget, base), MIN_PARAMS), base)
-        batch = batch_size or shared_batch_size(budget, [base], 3)
         train_cfg = _train_config(shape, budget, train_base, batch, None)
 
         def entry(cfg, train, suffix):

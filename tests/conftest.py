@@ -1,11 +1,17 @@
-"""Test setup: 8 fake CPU devices (set before JAX is imported), shared tiny configurations and a tiny
-TFDS text dataset built locally."""
+"""Test setup: 8 fake CPU devices and a persistent compilation cache (set before JAX is imported),
+shared tiny configurations and a tiny TFDS text dataset built locally."""
 import os
 import random
+import tempfile
 from typing import NamedTuple
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The suite compiles the same tiny programs many times, in its workers and in the command-line
+# subprocesses (which inherit this environment): one shared cache compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "scaling-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -339,6 +339,25 @@ def law_sweep(budgets=(1e18, 1e19, 1e20, 1e21), seeds=(0,), noise=0.0, rng_seed=
     return rows
 
 
+def test_comparison_to_the_baseline_reads_a_uniformly_better_arch():
+    gpt = law_sweep(budgets=(1e17, 1e18))  # two budgets: the L_min(C) law passes through both optima
+    better = [dict(row, arch="ngpt", final_eval_loss=0.97 * row["final_eval_loss"]) for row in gpt]
+    comparison = analysis.compare_to_baseline(gpt + better, "gpt", resamples=20)
+    fits = analysis.fit_sweep(gpt, resamples=0)["gpt"]
+    budgets = sorted(analysis.budget_fits(fits), key=float)
+    slope = np.polyfit(np.log10([float(b) for b in budgets]), np.log10([fits[b]["loss_min"] for b in budgets]), 1)[0]
+    assert set(comparison) == {"ngpt"} and set(comparison["ngpt"]) == set(budgets)
+    for budget in budgets:
+        entry = comparison["ngpt"][budget]
+        assert entry["loss_delta"] == pytest.approx(-0.03 * fits[budget]["loss_min"], rel=1e-6)
+        assert entry["n_opt_ratio"] == pytest.approx(1.0)  # a constant factor does not move the vertex
+        # 3% lower loss is worth the compute at which the baseline's L_min(C) law falls by 3%.
+        assert entry["compute_multiplier"] == pytest.approx(0.97 ** (1 / slope), rel=1e-6)
+        lo, hi = entry["loss_delta_ci"]
+        assert lo <= entry["loss_delta"] <= hi < 0
+    assert analysis.compare_to_baseline(better, "gpt") == {}
+
+
 def test_parametric_fit_recovers_a_known_law():
     rng = np.random.default_rng(0)
     n, d = 10 ** rng.uniform(7, 10, 100), 10 ** rng.uniform(9, 12, 100)
@@ -435,7 +454,9 @@ def write_sweep_workdir(workdir, plan=True):
     if plan:
         (workdir / "plan.json").write_text(json.dumps({
             "budgets": [1e17, 1e18, 1e19], "seeds": [0, 1], "data": "pystdlib", "seq_len": 64,
-            "hardware": "8x H100", "lr_search": [1e-3, 3e-3, 1e-2]}))
+            "hardware": "8x H100",
+            "lr_search": {"points": 3, "grid_multipliers": [0.316, 3.16, 31.6], "calibration_budget": 2.5e16,
+                          "calibration": {"gpt": {"chosen_lr": 3e-3}, "ngpt": {"chosen_lr": 1e-2}}}}))
     return rows
 
 
@@ -468,7 +489,8 @@ def test_report_tables_come_from_the_workdirs_files(tmp_path):
 
     sweep_text, bare_text = text.split("## Sweep")[1:3]
     assert ("Setup: hardware 8x H100; data pystdlib; tokenizer utf8-bytes; seq_len 64; budgets 1e+17, 1e+18, 1e+19; "
-            "seeds 0, 1; LR searched: 0.001, 0.003, 0.01.") in sweep_text
+            "seeds 0, 1; LR searched per arch: 3 rates x0.32..x32 the Kaplan rate at 2.5e+16 FLOPs, best carried to "
+            "every size by the Kaplan ratio (gpt 0.003, ngpt 0.01).") in sweep_text
     assert "Setup: data pystdlib; tokenizer utf8-bytes; seq_len 64; budgets 1e+17, 1e+18, 1e+19; seeds 0, 1; LR fixed 0.003." in bare_text
     assert "2.5..97.5 percentiles of 30 bootstrap resamples" in sweep_text
     fits = analysis.fit_sweep(rows, resamples=30)
@@ -481,6 +503,8 @@ def test_report_tables_come_from_the_workdirs_files(tmp_path):
     assert f"| {rows[3]['run_id']} |" in sweep_text and f"{rows[3]['run_id']} (diverged)" in sweep_text
     laws = analysis.fit_parametric_sweep(rows, resamples=30)
     assert f"| gpt | 21 | {laws['gpt']['E']:.4g} [" in sweep_text
+    against = analysis.compare_to_baseline(rows, "gpt", resamples=30)["ngpt"][repr(1e18)]
+    assert f"| ngpt | 1e+18 | {against['loss_delta']:+.4f} [{against['loss_delta_ci'][0]:+.4f}, " in sweep_text
 
     speedup_text = text.split("## Speedup")[1]
     assert "| steps | 2.00x | 500 |" in speedup_text and "| wall | 1.67x |" in speedup_text

@@ -72,7 +72,8 @@ def test_isoflop_refuses_a_workdir_with_another_plan(tmp_path):
 
 
 def test_isoflop_dry_run_prints_an_estimated_plan(tmp_path):
-    result = run("experiments.isoflop", "--budget", "6e18", "--dry_run", "--workdir", str(tmp_path / "sweep"))
+    result = run("experiments.isoflop", "--budget", "1e17", "--seq_len", "256", "--dry_run", "--workdir",
+                 str(tmp_path / "sweep"))
     assert result.returncode == 0, result.stderr
     assert "total estimated wall time" in result.stdout and "WARNING" in result.stdout
     assert len([line for line in result.stdout.splitlines() if line.startswith("gpt-")]) == 7

@@ -115,7 +115,7 @@ def test_fitting_prefers_fsdp_when_the_replicated_state_does_not_fit():
 
 
 @pytest.mark.parametrize("args, flag", [
-    (["--device_memory_gib", "0.000001"], "--batch_size"),
+    (["--device_memory_gib", "0.000001", "--d_model", "32", "--n_layers", "1", "--n_heads", "1"], "--batch_size"),
     (["--microbatches", "3"], "--microbatches"),
     (["--mesh", "data=1,fsdp=8", "--d_model", "36", "--n_heads", "2"], "--mesh"),
 ])

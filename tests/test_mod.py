@@ -165,9 +165,8 @@ def test_decoding_one_sequence_skips_blocks_its_tokens_do_not_take():
 
 @pytest.mark.parametrize("arch, options, mesh", [
     ("mod", {}, (2, 4, 1)),
-    ("mode", {"num_experts": 4, "group_size": 8}, (2, 1, 4)),
     ("mode", {"num_experts": 4, "group_size": 16, "mode_variant": "integrated", "noop_experts": 2}, (2, 2, 2)),
-], ids=["mod-data-model", "mode-staged-expert", "mode-integrated-all"])
+], ids=["mod-data-model", "mode-integrated-all"])  # staged MoDE's parts: mod here, experts in test_switch
 def test_sharded_training_equals_single_device(arch, options, mesh):
     cfg = model_config(arch, vocab_size=256, d_model=32, n_layers=2, n_heads=4, d_ff=64, seq_len=32,
                        mod_capacity=0.25, **options)
