@@ -12,7 +12,6 @@ the ratio (ours over PyTorch's tokens/s) are printed as JSON with the CPU's mode
 """
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scaling import hardware
 from scaling.benchmark import fit_for_timing, random_batch
 from scaling.config import MeshConfig
 from scaling.models.registry import model_config
@@ -103,10 +103,8 @@ class JaxStep:
 
 
 def cpu_description() -> dict:
-    flags = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "")
-    return {"cpu": model or platform.processor(), "avx512f": " avx512f" in flags, "avx2": " avx2" in flags,
-            "torch_isa": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+    return {**hardware.cpu_description(), "torch_isa": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
 
 
 def main() -> None:

@@ -1,6 +1,10 @@
 """Accelerators this toolkit plans for: peak dense bf16 TFLOP/s (REFERENCE.md section 7), memory per
 device, and the best MFU this toolkit has measured on each (None where it has not run there)."""
 import dataclasses
+import os
+import platform
+
+import jax
 
 from scaling.config import UsageError
 
@@ -44,3 +48,22 @@ def parse_target(text: str) -> tuple[Accelerator, int]:
         raise UsageError("--target", f"{text!r}: write KIND:DEVICES with KIND one of {', '.join(ACCELERATORS)}, "
                                      "e.g. h100:16 or v5p:32")
     return ACCELERATORS[name], int(count)
+
+
+def cpu_description() -> dict:
+    """The host CPU's model name and the instruction sets that decide XLA:CPU's kernels."""
+    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "avx512f": " avx512f" in info,
+            "avx2": " avx2" in info}
+
+
+def describe_devices() -> str:
+    """What a run ran on, in words: "8 x NVIDIA H100 80GB HBM3", or for CPU devices the host's model,
+    cores and whether it has AVX-512 (XLA:CPU's speed depends on it)."""
+    devices = jax.devices()
+    text = f"{len(devices)} x {devices[0].device_kind}"
+    if devices[0].platform == "cpu":
+        cpu = cpu_description()
+        text += f" ({cpu['cpu']}, {cpu['cores']} cores, {'with' if cpu['avx512f'] else 'no'} AVX-512)"
+    return text

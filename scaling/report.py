@@ -13,6 +13,7 @@ from etils import epath
 
 from scaling import analysis
 from scaling.config import UsageError
+from scaling.models.registry import ARCHITECTURES
 
 NONE = "—"
 BASELINE = "gpt"
@@ -78,11 +79,26 @@ def _fingerprint(results) -> dict:
     return fingerprint if isinstance(fingerprint, dict) else {}
 
 
-def _sweep_setup(plan: dict, results, x_key: str, metric: str, resamples: int, seed: int) -> str:
+def _run_hardware(workdir, results) -> str | None:
+    """The hardware the runs' config.json files name (each distinct one, in run order), None if none does."""
+    named = [_read_json(epath.Path(workdir) / "runs" / r["run_id"] / "config.json").get("hardware") for r in results]
+    return " / ".join(dict.fromkeys(h for h in named if h)) or None
+
+
+def _tokenizer(fingerprint: dict) -> str | None:
+    """The tokenizer of a data fingerprint in words: its spec and vocabulary."""
+    tokenizer = fingerprint.get("tokenizer")
+    if isinstance(tokenizer, dict):
+        return f"{tokenizer.get('spec', '?')} (vocabulary {tokenizer.get('vocab_size', '?')})"
+    return tokenizer
+
+
+def _sweep_setup(plan: dict, results, x_key: str, metric: str, resamples: int, seed: int,
+                 hardware: str | None = None) -> str:
     """The setup line of a sweep: hardware and tokenizer when recorded, data, seq_len, budgets, seeds,
     LR choice, what is fitted and how the intervals are made."""
-    hardware = plan.get("hardware") or plan.get("device_kind")
-    tokenizer = plan.get("tokenizer") or _fingerprint(results).get("tokenizer")
+    hardware = plan.get("hardware") or hardware
+    tokenizer = plan.get("tokenizer") or _tokenizer(_fingerprint(results))
     budgets = plan.get("budgets") or ([plan["budget"]] if "budget" in plan else
                                       sorted({float(r["budget"]) for r in results}))
     seeds = plan.get("seeds") or sorted({r["seed"] for r in results if r.get("seed") is not None})
@@ -155,12 +171,14 @@ def _baseline_table(comparison, baseline: str) -> list[str]:
     if not comparison:
         return [f"No comparison: it needs {baseline} and another arch with a minimum at the same budget."]
     lines = [f"| arch | budget C | L_min - L_min({baseline}) | N_opt / N_opt({baseline}) | "
-             f"{baseline} compute to reach its L_min, / C |", "|---|---|---|---|---|"]
+             f"{baseline} compute to reach its L_min, / C | the paper's claim |", "|---|---|---|---|---|---|"]
     for arch, budgets in comparison.items():
+        claim = ARCHITECTURES[arch].claim if arch in ARCHITECTURES else ""
         for budget, entry in budgets.items():
             lines.append(f"| {arch} | {float(budget):.3g} | {_with_ci(entry['loss_delta'], entry['loss_delta_ci'], '+.4f')} | "
                          f"{_with_ci(entry['n_opt_ratio'], entry['n_opt_ratio_ci'], '.2f')} | "
-                         f"{_with_ci(entry['compute_multiplier'], entry['compute_multiplier_ci'], '.2f')} |")
+                         f"{_with_ci(entry['compute_multiplier'], entry['compute_multiplier_ci'], '.2f')} | "
+                         f"{claim or NONE} |")
     return lines + ["", f"Negative loss differences and multipliers above 1 favour the arch. The multiplier inverts "
                         f"{baseline}'s L_min(C) power law over the sweep's budgets (outside them it extrapolates)."]
 
@@ -190,7 +208,7 @@ def sweep_section(workdir, resamples: int = analysis.RESAMPLES, seed: int = 0, m
     comparison = analysis.compare_to_baseline(results, baseline, x_key, metric, resamples, seed)
     return "\n".join([
         f"## Sweep `{workdir}`", "", _sweep_setup(_read_json(epath.Path(workdir) / "plan.json"), results, x_key, metric,
-                                                  resamples, seed), "",
+                                                  resamples, seed, _run_hardware(workdir, results)), "",
         "### isoFLOP optima (Chinchilla approach 2: parabola in log N per budget)", "", *_optima_table(fits), "",
         f"### Against {baseline} at equal compute", "", *_baseline_table(comparison, baseline), "",
         "### Power laws N_opt = a C^alpha, D_opt = b C^beta", "", *_laws_table(fits), "",

@@ -57,6 +57,7 @@ def test_metrics_files_and_checkpoint_retention(tiny_model, tiny_train, tmp_path
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["6", "8"]
     config = json.load(open(os.path.join(run_dir, "config.json")))
     assert config["data_fingerprint"]["name"] == "synthetic" and "versions" in config
+    assert config["hardware"].startswith(f"{jax.device_count()} x cpu (") and "AVX-512" in config["hardware"]
     # A finished run is not trained again.
     assert train(tiny_model, tiny_train, MeshConfig(), run_dir) == json.load(open(os.path.join(run_dir, "summary.json")))
 

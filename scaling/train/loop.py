@@ -24,7 +24,7 @@ import orbax.checkpoint
 from etils import epath
 from tqdm import tqdm
 
-from scaling import data, sharding
+from scaling import data, hardware, sharding
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.flops import CONVENTION
 from scaling.train import checkpoints, fitting
@@ -68,7 +68,8 @@ FITTED = {"model": ("remat",), "train": ("microbatches",)}
 
 
 def _comparable(config: dict) -> dict:
-    kept = {key: value for key, value in config.items() if key not in ("versions", "mesh", "memory", "data_cache")}
+    kept = {key: value for key, value in config.items()
+            if key not in ("versions", "hardware", "mesh", "memory", "data_cache")}
     for part, fields in FITTED.items():
         kept[part] = {key: value for key, value in kept[part].items() if key not in fields}
     return kept
@@ -193,6 +194,7 @@ def train(
                          name=f"run {name}", loss=loss, cache_dir=cache_dir)
     run = fitted.run
     config = {**run_config(run, fitted.mesh_cfg, extra_config), "data_cache": str(cache_dir),
+              "hardware": hardware.describe_devices(),
               "memory": {"gib_per_device": fitted.gib_per_device, "note": fitted.note}}
     _write_config(run_dir, config)
 
