@@ -19,13 +19,12 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 
-from scaling.benchmark import fit_for_timing, time_fits
+from scaling.benchmark import fit_for_timing, median_seconds, time_fits
 from scaling.config import MeshConfig
 from scaling.models.registry import ARCHITECTURES, model_config
 from scaling.models.tnl import layer_decays
@@ -115,18 +114,6 @@ def context(profile: Profile, memory):
                                memory) for arch in ("gpt", "tnl")]
         for fit, result in zip(fits, time_fits(fits, steps=profile.steps, warmup=profile.warmup)):
             yield _row("context", fit, result)
-
-
-def median_seconds(fn, *args, repeats: int = 5) -> float:
-    """Median wall time of `fn(*args)` (synchronised) after two untimed calls."""
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _kernels(decay):

@@ -24,7 +24,7 @@ from absl import flags
 from experiments import cli
 from scaling import sharding
 from scaling.config import MeshConfig, TrainConfig, UsageError
-from scaling.models.registry import get_architecture, model_config_from_dict
+from scaling.models.registry import model_config_from_dict
 from scaling.train import checkpoints
 from scaling.train.loop import Evaluator, read_config, train
 from scaling.train.run import Run

@@ -24,6 +24,18 @@ def random_batch(cfg: ModelConfig, batch_size: int, mesh) -> dict:
     return jax.device_put(host, sharding.batch_sharding(mesh))
 
 
+def median_seconds(fn, *args, repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall time of `fn(*args)` (synchronised) after `warmup` untimed calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def fit_for_timing(model_cfg: ModelConfig, batch_size: int, mesh_cfg: MeshConfig = MeshConfig(),
                    memory: int | None = None) -> fitting.Fit:
     """The model's run at one batch, remat and microbatches fitted to `memory` bytes per device."""

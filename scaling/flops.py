@@ -11,8 +11,6 @@ are those a single token uses (they differ from the total only for mixtures of e
 """
 import dataclasses
 
-from scaling.config import ModelConfig
-
 CONVENTION = "6*matmul_params + 12*L*T*d_attn (full TxT) per token; embedding lookup & elementwise not counted"
 
 

@@ -15,7 +15,7 @@ import math
 
 from scaling import flops
 from scaling.config import ModelConfig, UsageError, check_choice, option
-from scaling.models.gpt import Block, block_flops, gpt_counts
+from scaling.models.gpt import Block, block_flops
 from scaling.models.mod import routed
 from scaling.models.switch import SwitchBlock, SwitchOptions, moe_flops, switch_counts
 from scaling.nn import moe
