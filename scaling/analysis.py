@@ -386,8 +386,9 @@ def _finite(value) -> float | None:
 
 def compare_to_baseline(results, baseline: str, x_key: str = "params", metric: str = LOSS_KEY,
                         resamples: int = RESAMPLES, seed: int = 0) -> dict[str, dict[str, dict]]:
-    """Each other arch against `baseline` at every budget where both parabolas have a minimum:
-    {arch: {budget_key: {"loss_delta", "n_opt_ratio", "compute_multiplier", and their "_ci"}}}.
+    """Each other arch against `baseline` at every budget where both have 3 or more sizes to fit:
+    {arch: {budget_key: {"loss_delta", "n_opt_ratio", "compute_multiplier", and their "_ci"}}}, None
+    where a parabola has no minimum.
 
     loss_delta = L_min(arch) - L_min(baseline) (negative: the arch is better at equal compute);
     n_opt_ratio = N_opt(arch) / N_opt(baseline) (> 1: its optimum has more parameters, "to the right");
