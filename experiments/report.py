@@ -1,11 +1,13 @@
 """Results tables: python -m experiments.report WORKDIR [WORKDIR ...] [--out FILE.md] [--resamples 1000].
 
-Each WORKDIR (local or gs://) is an isoFLOP sweep (it holds results.jsonl) or a speedup comparison
-(curves.json). Writes markdown (to stdout, or --out): per sweep its setup, the isoFLOP optima per
-arch and budget and the power laws N_opt = a C^alpha, D_opt = b C^beta with bootstrap intervals, the
-parametric fit (approach 3) and the runs; per speedup comparison the speedup headlines against steps
-and wall time and the step-time ratio. Every number is read from the workdir's files
-(scaling/report.py). Bad input is one line naming the argument, exit status 2, and nothing is written.
+Each WORKDIR (local or gs://) is an isoFLOP sweep (it holds results.jsonl), a speedup comparison
+(curves.json) or a distillation (distillation.json). Writes markdown (to stdout, or --out): per sweep
+its setup, the isoFLOP optima per arch and budget and the power laws N_opt = a C^alpha,
+D_opt = b C^beta with bootstrap intervals, the parametric fit (approach 3) and the runs; per speedup
+comparison both sides' LR sweeps, the speedup headlines against steps and wall time and the step-time
+ratio; per distillation the three losses and the fraction of the gain kept. Every number is read from
+the workdir's files (scaling/report.py). Bad input is one line naming the argument, exit status 2, and
+nothing is written.
 """
 import argparse
 import sys
@@ -26,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse(argv) -> argparse.Namespace:
     parser = _Parser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="a sweep or speedup workdir")
+    parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="a sweep, speedup or distillation workdir")
     parser.add_argument("--out", help="write the markdown to this file instead of stdout")
     parser.add_argument("--resamples", type=int, default=analysis.RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")

@@ -3,7 +3,9 @@
 Every number is read from the workdir's files: a sweep's plan.json (optional: hardware, data,
 tokenizer, seq_len, budgets/budget, seeds, lr_search) and results.jsonl, refitted here by
 scaling.analysis (approach 2 with bootstrap intervals and power laws; approach 3 where an arch has
-several budgets) against the fits.json x axis; a speedup comparison's curves.json.
+several budgets) against the fits.json x axis; a speedup comparison's curves.json and its best
+runs' config.json (hardware, tokenizer); a distillation's distillation.json, config.json and
+summary.json.
 """
 from __future__ import annotations
 
@@ -19,15 +21,18 @@ NONE = "—"
 BASELINE = "gpt"
 
 
+KINDS = {"results.jsonl": "sweep", "curves.json": "speedup", "distillation.json": "distillation"}
+
+
 def workdir_kind(workdir) -> str:
-    """"sweep" (it holds results.jsonl) or "speedup" (curves.json); UsageError naming it otherwise."""
+    """"sweep" (it holds results.jsonl), "speedup" (curves.json) or "distillation" (distillation.json);
+    UsageError naming it otherwise."""
     path = epath.Path(workdir)
-    if (path / "results.jsonl").exists():
-        return "sweep"
-    if (path / "curves.json").exists():
-        return "speedup"
-    raise UsageError("WORKDIR", f"{workdir} is neither a sweep workdir (no results.jsonl) nor a speedup workdir "
-                                "(no curves.json)")
+    for name, kind in KINDS.items():
+        if (path / name).exists():
+            return kind
+    raise UsageError("WORKDIR", f"{workdir} is neither a sweep, a speedup nor a distillation workdir "
+                                f"(none of {', '.join(KINDS)})")
 
 
 def _read_json(path) -> dict:
@@ -217,14 +222,31 @@ def sweep_section(workdir, resamples: int = analysis.RESAMPLES, seed: int = 0, m
         "### Runs", "", *_runs_table(results, metric)])
 
 
-def _speedup_setup(report: dict) -> str:
-    """The setup line of a speedup comparison, from curves.json's "setup" and the sides' LR sweeps."""
+def _speedup_setup(report: dict, workdir) -> str:
+    """The setup line of a speedup comparison, from curves.json's "setup", the sides' LR sweeps and the
+    hardware and tokenizer their best runs' config.json files record."""
     setup = report["setup"]
+    configs = [_read_json(epath.Path(workdir) / "runs" / epath.Path(report[side]["run_dir"]).name / "config.json")
+               for side in ("baseline", "variant") if report[side].get("run_dir")]
+    hardware = " / ".join(dict.fromkeys(c["hardware"] for c in configs if c.get("hardware")))
+    tokenizer = _tokenizer(configs[0].get("data_fingerprint") or {}) if configs else None
     grid = sorted({float(lr) for side in ("baseline", "variant") for lr in report[side].get("sweep", {})})
     lr = f"searched: {_listing(grid)} (best of each side)" if len(grid) > 1 else f"fixed {_listing(grid)}"
     keys = ("devices", "mesh", "data", "seq_len", "batch_size", "steps", "tokens", "eval_every", "smooth")
-    return "Setup: " + "; ".join(f"{k} {_num(setup[k]) if isinstance(setup[k], float) else setup[k]}"
-                                 for k in keys if k in setup) + f"; LR {lr}."
+    parts = ([f"hardware {hardware}"] if hardware else []) + ([f"tokenizer {tokenizer}"] if tokenizer else [])
+    parts += [f"{k} {_num(setup[k]) if isinstance(setup[k], float) else setup[k]}" for k in keys if k in setup]
+    return "Setup: " + "; ".join(parts + [f"LR {lr}"]) + "."
+
+
+def _lr_sweep_table(report: dict) -> list[str]:
+    """Final eval loss per learning rate of both sides (no table when neither side swept)."""
+    sweeps = [report[side].get("sweep", {}) for side in ("baseline", "variant")]
+    rates = sorted({float(lr) for sweep in sweeps for lr in sweep})
+    if len(rates) < 2:
+        return []
+    cell = lambda sweep, lr: next((f"{loss:.4f}" for key, loss in sweep.items() if float(key) == lr), "")
+    return ["", f"| learning rate | {report['baseline']['arch']} | {report['variant']['arch']} |", "|---|---|---|",
+            *(f"| {lr:g} | {cell(sweeps[0], lr)} | {cell(sweeps[1], lr)} |" for lr in rates)]
 
 
 def speedup_section(workdir) -> str:
@@ -232,13 +254,14 @@ def speedup_section(workdir) -> str:
     steps and wall time, and the step-time ratio."""
     report = analysis.load_curves(workdir)
     timing = report["per_step_time"]
-    lines = [f"## Speedup `{workdir}`", "", _speedup_setup(report), "",
+    lines = [f"## Speedup `{workdir}`", "", _speedup_setup(report, workdir), "",
              "| side | arch | params | learning rate | final eval loss |", "|---|---|---|---|---|"]
     for side in ("baseline", "variant"):
         s = report[side]
         edge = " (best at the grid's edge)" if s.get("best_at_grid_edge") else ""
         lines.append(f"| {side} | {s['arch']} | {s['params']:,} | {s['learning_rate']:g}{edge} | "
                      f"{s['final_eval_loss']:.4f} |")
+    lines += _lr_sweep_table(report)
     lines += ["", "| speedup vs | last defined | at | median, 2nd half | max | defined at |",
               "|---|---|---|---|---|---|"]
     for key in ("steps", "wall"):
@@ -251,10 +274,28 @@ def speedup_section(workdir) -> str:
             f"{timing['variant_s'] / timing['baseline_s']:.3f} (variant / baseline), measured side by side."])
 
 
+def distillation_section(workdir) -> str:
+    """The markdown section of one distillation workdir (experiments/distill.py): the student, teacher
+    and dense baseline's eval losses on the same held-out batches and the fraction of the gain kept."""
+    path = epath.Path(workdir)
+    report, config, summary = (_read_json(path / name) for name in ("distillation.json", "config.json", "summary.json"))
+    setup = ([f"hardware {config['hardware']}"] if config.get("hardware") else []) + (
+        [f"student steps {summary['steps']}"] if "steps" in summary else []) + [
+        f"loss {1 - report['soft_weight']:g} x labels + {report['soft_weight']:g} x teacher soft targets"]
+    kept = report.get("kept")
+    return "\n".join([
+        f"## Distillation `{workdir}`", "", "Setup: " + "; ".join(setup) + ".", "",
+        "| model | eval loss (same held-out batches) |", "|---|---|",
+        *(f"| {name} | {report[f'{name}_eval_loss']:.4f} |" for name in ("student", "teacher", "baseline")), "",
+        f"Fraction of the teacher's gain kept: {NONE if kept is None else f'{kept:.3g}'} "
+        "((L_baseline - L_student) / (L_baseline - L_teacher))."])
+
+
 def build_report(workdirs, resamples: int = analysis.RESAMPLES, seed: int = 0, metric: str = analysis.LOSS_KEY) -> str:
     """The markdown report of every workdir, in order. Every workdir is checked (`workdir_kind`) before
     any is read, so bad input fails before anything is computed."""
     kinds = [workdir_kind(workdir) for workdir in workdirs]
-    sections = [sweep_section(w, resamples, seed, metric) if kind == "sweep" else speedup_section(w)
-                for w, kind in zip(workdirs, kinds)]
+    section = {"sweep": lambda w: sweep_section(w, resamples, seed, metric), "speedup": speedup_section,
+               "distillation": distillation_section}
+    sections = [section[kind](w) for w, kind in zip(workdirs, kinds)]
     return "# Results\n\n" + "\n\n".join(sections) + "\n"

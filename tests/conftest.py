@@ -1,5 +1,6 @@
-"""Test setup: 8 fake CPU devices and a persistent compilation cache (set before JAX is imported),
-shared tiny configurations and a tiny TFDS text dataset built locally."""
+"""Test setup: 8 fake CPU devices and a persistent compilation cache for the command-line
+subprocesses (set before JAX is imported), shared tiny configurations and a tiny TFDS text dataset
+built locally."""
 import os
 import random
 import tempfile
@@ -7,11 +8,18 @@ from typing import NamedTuple
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The suite compiles the same tiny programs many times, in its workers and in the command-line
-# subprocesses (which inherit this environment): one shared cache compiles each once.
+# The command-line subprocesses (which inherit this environment) compile the same tiny programs
+# many times: one shared persistent cache compiles each once.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "scaling-tests-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
+
+# The test processes themselves keep to the in-memory cache, as the suite did before it ran in two
+# workers: with the persistent cache on in them, a CI worker once aborted inside an 8-device step
+# (jaxlib 0.10.2; not reproduced locally), and a crash in a subprocess is a failed test instead.
+jax.config.update("jax_enable_compilation_cache", False)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

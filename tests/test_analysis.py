@@ -461,8 +461,12 @@ def write_sweep_workdir(workdir, plan=True):
 
 
 def write_speedup_workdir(workdir):
-    """A curves.json as experiments.speedup writes it: the variant needs half the steps, each 1.2x as long."""
+    """A curves.json as experiments.speedup writes it: the variant needs half the steps, each 1.2x as long;
+    the baseline's best run names its hardware and tokenizer."""
     workdir.mkdir(parents=True)
+    (workdir / "runs" / "gpt-lr0.003").mkdir(parents=True)
+    (workdir / "runs" / "gpt-lr0.003" / "config.json").write_text(json.dumps({
+        "hardware": "8x H100", "data_fingerprint": {"tokenizer": {"spec": "spm:4096", "vocab_size": 4096}}}))
     steps = np.arange(0, 1001, 50.0)
     curves = {"steps": analysis.speedup_curve(steps, loss_curve(steps), steps, loss_curve(2 * steps)),
               "wall": analysis.speedup_curve(0.01 * steps, loss_curve(steps), 0.012 * steps, loss_curve(2 * steps))}
@@ -471,21 +475,38 @@ def write_speedup_workdir(workdir):
     (workdir / "curves.json").write_text(json.dumps({
         "setup": {"tokens": 512000, "batch_size": 8, "seq_len": 64, "steps": 1000, "eval_every": 50,
                   "data": "synthetic", "devices": 1, "smooth": 0.2},
-        "baseline": side("gpt", 3e-3, float(loss_curve(1000))), "variant": side("ngpt", 3e-3, float(loss_curve(2000))),
+        "baseline": dict(side("gpt", 3e-3, float(loss_curve(1000))), run_dir="elsewhere/runs/gpt-lr0.003"),
+        "variant": side("ngpt", 3e-3, float(loss_curve(2000))),
         "per_step_time": {"baseline_s": 0.01, "variant_s": 0.012, "overhead": 0.2}, **curves,
         "summary": {key: analysis.summarize_speedup(curve) for key, curve in curves.items()}}))
 
 
+def write_distillation_workdir(workdir):
+    """distillation.json, config.json and summary.json as experiments.distill writes them."""
+    workdir.mkdir(parents=True)
+    (workdir / "distillation.json").write_text(json.dumps({
+        "student_eval_loss": 1.5, "teacher_eval_loss": 1.4, "baseline_eval_loss": 1.6, "kept": 0.5,
+        "soft_weight": 0.25, "baseline": "/elsewhere"}))
+    (workdir / "config.json").write_text(json.dumps({"hardware": "8x H100"}))
+    (workdir / "summary.json").write_text(json.dumps({"steps": 732, "final_eval_loss": 1.5}))
+
+
 def test_report_tables_come_from_the_workdirs_files(tmp_path):
-    sweep, bare, speedup = tmp_path / "sweep", tmp_path / "bare", tmp_path / "speedup"
+    sweep, bare, speedup, distill = tmp_path / "sweep", tmp_path / "bare", tmp_path / "speedup", tmp_path / "distill"
     rows = write_sweep_workdir(sweep)
     write_sweep_workdir(bare, plan=False)
     write_speedup_workdir(speedup)
+    write_distillation_workdir(distill)
     out = tmp_path / "report.md"
-    result = run("experiments.report", str(sweep), str(bare), str(speedup), "--resamples", "30", "--out", str(out))
+    result = run("experiments.report", str(sweep), str(bare), str(speedup), str(distill), "--resamples", "30",
+                 "--out", str(out))
     assert result.returncode == 0, result.stderr
     text = out.read_text()
-    assert text == report.build_report([sweep, bare, speedup], resamples=30)
+    assert text == report.build_report([sweep, bare, speedup, distill], resamples=30)
+    distill_text = text.split("## Distillation")[1]
+    assert "Setup: hardware 8x H100; student steps 732; loss 0.75 x labels + 0.25 x teacher soft targets." in distill_text
+    assert "| student | 1.5000 |" in distill_text and "| teacher | 1.4000 |" in distill_text
+    assert "gain kept: 0.5 (" in distill_text
 
     sweep_text, bare_text = text.split("## Sweep")[1:3]
     assert ("Setup: hardware 8x H100; data pystdlib; tokenizer utf8-bytes; seq_len 64; budgets 1e+17, 1e+18, 1e+19; "
@@ -506,10 +527,13 @@ def test_report_tables_come_from_the_workdirs_files(tmp_path):
     against = analysis.compare_to_baseline(rows, "gpt", resamples=30)["ngpt"][repr(1e18)]
     assert f"| ngpt | 1e+18 | {against['loss_delta']:+.4f} [{against['loss_delta_ci'][0]:+.4f}, " in sweep_text
 
-    speedup_text = text.split("## Speedup")[1]
+    speedup_text = text.split("## Speedup")[1].split("## Distillation")[0]
     assert "| steps | 2.00x | 500 |" in speedup_text and "| wall | 1.67x |" in speedup_text
     assert "ratio 1.200 (variant / baseline)" in speedup_text and "LR searched: 0.003, 0.01" in speedup_text
+    assert "Setup: hardware 8x H100; tokenizer spm:4096 (vocabulary 4096); devices 1;" in speedup_text
     assert "0.003 (best at the grid's edge)" in speedup_text
+    final = float(loss_curve(1000))
+    assert f"| 0.01 | {final + 0.1:.4f} | {float(loss_curve(2000)) + 0.1:.4f} |" in speedup_text
 
 
 @pytest.mark.parametrize("make, args, named", [

@@ -61,7 +61,7 @@ def test_matrices_have_unit_norm_after_training(single_device):
     assert_unit_norms(state.params)
 
 
-@pytest.mark.parametrize("mesh", [(4, 2, 1), (2, 4, 1)], ids=["model2", "model4"])
+@pytest.mark.parametrize("mesh", [(2, 4, 1)], ids=["model4"])
 def test_sharded_losses_equal_single_device(single_device, mesh):
     expected, _ = single_device
     losses, state = train_on_mesh(CFG, MeshConfig(*mesh), steps=STEPS)

@@ -46,7 +46,7 @@ def single_device(request):
     return run
 
 
-@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (4, 2, 1)])
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1)])
 def test_sharded_losses_equal_single_device(tiny_model, single_device, mesh):
     expected, _ = single_device(tiny_model)
     losses, state = train_on_mesh(tiny_model, MeshConfig(*mesh))

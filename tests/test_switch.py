@@ -21,7 +21,7 @@ CFG = model_config(
     "switch", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=32,
     num_experts=8, capacity_factor=1.0, group_size=32,
 )
-MESHES = [(8, 1, 1), (2, 1, 4), (1, 1, 8), (2, 2, 2)]
+MESHES = [(8, 1, 1), (1, 1, 8), (2, 2, 2)]
 
 
 def train_on_mesh(mesh_cfg, devices=None, steps=3):
