@@ -15,9 +15,8 @@ device would wait on data.
 import argparse
 import json
 import os
-import time
-
 import statistics
+import time
 
 import jax
 import numpy as np

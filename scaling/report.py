@@ -84,10 +84,14 @@ def _fingerprint(results) -> dict:
     return fingerprint if isinstance(fingerprint, dict) else {}
 
 
-def _run_hardware(workdir, results) -> str | None:
-    """The hardware the runs' config.json files name (each distinct one, in run order), None if none does."""
-    named = [_read_json(epath.Path(workdir) / "runs" / r["run_id"] / "config.json").get("hardware") for r in results]
-    return " / ".join(dict.fromkeys(h for h in named if h)) or None
+def _run_configs(workdir, run_names) -> list[dict]:
+    """The config.json of each named run under <workdir>/runs ({} where there is none)."""
+    return [_read_json(epath.Path(workdir) / "runs" / name / "config.json") for name in run_names]
+
+
+def _hardware(configs) -> str | None:
+    """The hardware the configs name (each distinct one, in order), None if none does."""
+    return " / ".join(dict.fromkeys(c["hardware"] for c in configs if c.get("hardware"))) or None
 
 
 def _tokenizer(fingerprint: dict) -> str | None:
@@ -211,9 +215,10 @@ def sweep_section(workdir, resamples: int = analysis.RESAMPLES, seed: int = 0, m
     fits = analysis.fit_sweep(results, x_key, metric=metric, resamples=resamples, seed=seed)
     laws = analysis.fit_parametric_sweep(results, x_key, metric, resamples=resamples, seed=seed)
     comparison = analysis.compare_to_baseline(results, baseline, x_key, metric, resamples, seed)
+    hardware = _hardware(_run_configs(workdir, [r["run_id"] for r in results]))
     return "\n".join([
         f"## Sweep `{workdir}`", "", _sweep_setup(_read_json(epath.Path(workdir) / "plan.json"), results, x_key, metric,
-                                                  resamples, seed, _run_hardware(workdir, results)), "",
+                                                  resamples, seed, hardware), "",
         "### isoFLOP optima (Chinchilla approach 2: parabola in log N per budget)", "", *_optima_table(fits), "",
         f"### Against {baseline} at equal compute", "", *_baseline_table(comparison, baseline), "",
         "### Power laws N_opt = a C^alpha, D_opt = b C^beta", "", *_laws_table(fits), "",
@@ -226,9 +231,9 @@ def _speedup_setup(report: dict, workdir) -> str:
     """The setup line of a speedup comparison, from curves.json's "setup", the sides' LR sweeps and the
     hardware and tokenizer their best runs' config.json files record."""
     setup = report["setup"]
-    configs = [_read_json(epath.Path(workdir) / "runs" / epath.Path(report[side]["run_dir"]).name / "config.json")
-               for side in ("baseline", "variant") if report[side].get("run_dir")]
-    hardware = " / ".join(dict.fromkeys(c["hardware"] for c in configs if c.get("hardware")))
+    configs = _run_configs(workdir, [epath.Path(report[side]["run_dir"]).name for side in ("baseline", "variant")
+                                     if report[side].get("run_dir")])
+    hardware = _hardware(configs)
     tokenizer = _tokenizer(configs[0].get("data_fingerprint") or {}) if configs else None
     grid = sorted({float(lr) for side in ("baseline", "variant") for lr in report[side].get("sweep", {})})
     lr = f"searched: {_listing(grid)} (best of each side)" if len(grid) > 1 else f"fixed {_listing(grid)}"
@@ -279,7 +284,8 @@ def distillation_section(workdir) -> str:
     and dense baseline's eval losses on the same held-out batches and the fraction of the gain kept."""
     path = epath.Path(workdir)
     report, config, summary = (_read_json(path / name) for name in ("distillation.json", "config.json", "summary.json"))
-    setup = ([f"hardware {config['hardware']}"] if config.get("hardware") else []) + (
+    hardware = _hardware([config])
+    setup = ([f"hardware {hardware}"] if hardware else []) + (
         [f"student steps {summary['steps']}"] if "steps" in summary else []) + [
         f"loss {1 - report['soft_weight']:g} x labels + {report['soft_weight']:g} x teacher soft targets"]
     kept = report.get("kept")
