@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["scaling*", "experiments*", "launch*"]),
     install_requires=[
-        "jax>=0.4.35",
+        "jax>=0.4.36",
         "flax>=0.10",
         "optax>=0.2.3",
         "orbax-checkpoint>=0.10",

@@ -8,8 +8,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from scaling import sharding
+from scaling.compiler import compiler_options
 from scaling.config import MeshConfig, UsageError
 from scaling.train.loop import train
+from scaling.train.run import Run
 
 METRIC_KEYS = {"step", "tokens", "flops", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device",
                "mfu", "wall_s"}
@@ -78,3 +81,16 @@ def test_refuses_a_run_written_by_the_previous_layout(tiny_model, tiny_train, tm
     with pytest.raises(UsageError, match=f"--workdir: {run_dir} was written by an earlier version"):
         train(tiny_model, tiny_train, MeshConfig(), str(run_dir))
     assert sorted(os.listdir(run_dir)) == ["config.json"]
+
+
+def test_cpu_steps_compile_with_the_platform_options(tiny_model, tiny_train):
+    """On the CPU the train and eval steps compile without YNNPACK fusions (scaling/compiler.py), which
+    XLA:CPU would otherwise emit for this step."""
+    run = Run(tiny_model, tiny_train, sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1]))
+    if not compiler_options(run.mesh):
+        pytest.skip("this jaxlib has no YNNPACK fusions to turn off")
+    default = jax.jit(run.train_step().__wrapped__).lower(run.abstract_state, run.batch_spec(), None).compile()
+    assert "__ynn_fusion" in default.as_text()
+    assert "__ynn_fusion" not in run.compiled_train_step.as_text()
+    eval_step = run.eval_step().lower(run.abstract_state.params, run.batch_spec()).compile()
+    assert "__ynn_fusion" not in eval_step.as_text()

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from scaling import data, sharding
+from scaling.compiler import compiler_options
 from scaling.config import ModelConfig, TrainConfig, UsageError
 from scaling.models.registry import get_architecture
 from scaling.train import checkpoints
@@ -72,7 +73,7 @@ class Run:
 
     def train_step(self):
         """The train step (state, batch, frozen) -> (state, metrics), jitted with the state's shardings
-        in and out (state donated) and the batch over the data axes."""
+        in and out (state donated), the batch over the data axes and the platform's compile options."""
         frozen_shardings = jax.tree.map(lambda x: x.sharding, self.loss.frozen)
         return jax.jit(
             make_train_step(self.model, self.tx, self.train_cfg.seed, self.loss, self.arch.post_step,
@@ -80,6 +81,7 @@ class Run:
             in_shardings=(self.shardings, sharding.batch_sharding(self.mesh), frozen_shardings),
             out_shardings=(self.shardings, sharding.replicated(self.mesh)),
             donate_argnums=0,
+            compiler_options=compiler_options(self.mesh),
         )
 
     @functools.cached_property
@@ -98,7 +100,9 @@ class Run:
 
     def eval_step(self):
         """(params, batch) -> (sum of token losses, tokens), jitted over the mesh."""
-        return jax.jit(make_eval_step(self.model), in_shardings=(self.shardings.params, sharding.batch_sharding(self.mesh)))
+        return jax.jit(make_eval_step(self.model),
+                       in_shardings=(self.shardings.params, sharding.batch_sharding(self.mesh)),
+                       compiler_options=compiler_options(self.mesh))
 
     def check_data(self) -> None:
         """UsageError unless the model's vocabulary holds every token id of its data."""
