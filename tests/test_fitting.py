@@ -26,11 +26,9 @@ def whole_batch(tiny_model):
     return train_on_mesh(tiny_model, MeshConfig(data=2), jax.devices()[:2], eps=ADAM_EPS)
 
 
-@pytest.mark.parametrize("microbatches", [2, 4])
-def test_microbatches_give_the_same_losses_and_parameters(tiny_model, whole_batch, microbatches):
+def test_microbatches_give_the_same_losses_and_parameters(tiny_model, whole_batch):
     expected_losses, expected = whole_batch
-    losses, state = train_on_mesh(tiny_model, MeshConfig(data=2), jax.devices()[:2], microbatches=microbatches,
-                                  eps=ADAM_EPS)
+    losses, state = train_on_mesh(tiny_model, MeshConfig(data=2), jax.devices()[:2], microbatches=4, eps=ADAM_EPS)
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
