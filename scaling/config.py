@@ -76,7 +76,8 @@ class ModelConfig:
     seq_len: int = option(256, "Tokens per training sequence.")
     dtype: str = option("float32", "Compute dtype (parameters stay float32).", DTYPES)
     scan_layers: bool = option(True, "Scan over layers (compile once) instead of unrolling.")
-    remat: str = option("auto", "Rematerialisation per block: none, dots (keep matmul outputs), full; auto: the "
+    remat: str = option("auto", "What a block keeps for the backward pass: none (every matmul output; unrolled, "
+                                "everything), dots (the weight matmuls' outputs), full (its input); auto: the "
                                 "cheapest that fits the device memory (none where it is unknown).", REMAT_POLICIES)
     init_std: float = option(0.02, "Standard deviation of the normal weight initialisation.")
     rope_base: float = option(10000.0, "Rotary embedding base.")

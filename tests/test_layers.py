@@ -1,4 +1,5 @@
-"""Properties of the baseline's layers: RoPE, RMSNorm, causality, logical axis names, size family."""
+"""Properties of the baseline's layers: RoPE, RMSNorm, the masked softmax's derivative, what scanned
+layers keep for the backward pass, causality, logical axis names, size family."""
 import dataclasses
 
 import flax.linen as nn
@@ -9,7 +10,9 @@ import pytest
 
 from scaling.config import ModelConfig, UsageError
 from scaling.models.gpt import GPT, gpt_counts
+from scaling.nn.attention import masked_softmax
 from scaling.nn.norms import RMSNorm
+from scaling.nn.stack import matmuls_saveable
 from scaling.nn.rope import apply_rope
 from scaling.shapes import nonembed_params, shape_for_params
 
@@ -38,6 +41,30 @@ def test_rmsnorm_unit_rms_in_float32():
     y, _ = RMSNorm().init_with_output(jax.random.key(0), x)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(jnp.sqrt(jnp.mean(jnp.square(y.astype(jnp.float32)), -1)), 1.0, rtol=1e-2)
+
+
+def test_masked_softmax_derivatives_equal_those_through_its_formula():
+    scores = jax.random.normal(jax.random.key(3), (2, 5, 6))
+    visible = jnp.tril(jnp.ones((5, 6), bool), k=1).at[0].set(False)  # row 0 sees nothing: uniform
+    cotangent = jax.random.normal(jax.random.key(4), scores.shape)
+
+    def through_formula(s):
+        return jax.nn.softmax(jnp.where(visible, s, jnp.finfo(s.dtype).min), axis=-1)
+
+    ours, grad = jax.vjp(lambda s: masked_softmax(s, visible), scores)
+    expected, expected_grad = jax.vjp(through_formula, scores)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+    np.testing.assert_allclose(grad(cotangent)[0], expected_grad(cotangent)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jvp(lambda s: masked_softmax(s, visible), (scores,), (cotangent,))[1],
+                               jax.jvp(through_formula, (scores,), (cotangent,))[1], rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(grad(cotangent)[0][:, 0]).max()) == 0.0
+
+
+def test_scanned_layers_keep_matmul_and_fused_attention_outputs():
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn  # a GPU's flash attention: never rerun
+    assert matmuls_saveable(jax.lax.dot_general_p)
+    assert matmuls_saveable(cudnn._dot_product_attention_fwd_p_wrapper)
+    assert not matmuls_saveable(jax.lax.exp_p)
 
 
 @pytest.mark.parametrize("scan", [True, False])

@@ -68,16 +68,25 @@ def test_layer_options_do_not_change_the_math(tiny_model, single_device, change)
     np.testing.assert_allclose(losses, expected, rtol=1e-4)
 
 
-def test_scanned_and_unrolled_stacks_compute_the_same_function(tiny_model):
+def test_scanned_and_unrolled_stacks_compute_the_same_function_and_gradients(tiny_model):
+    # The scanned stack recomputes its elementwise work in the backward pass; the unrolled one does not.
     unrolled_cfg = dataclasses.replace(tiny_model, scan_layers=False)
     tokens = jax.random.randint(jax.random.key(0), (2, tiny_model.seq_len), 0, tiny_model.vocab_size)
     params = nn.unbox(GPT(unrolled_cfg).init(jax.random.key(1), tokens)["params"])
     assert set(params["blocks"]) == {f"layers_{i}" for i in range(tiny_model.n_layers)}
-    scanned = {**params, "blocks": stack_params(layer_params(params["blocks"], tiny_model.n_layers, 1), 1)}
-    np.testing.assert_allclose(
-        GPT(tiny_model).apply({"params": scanned}, tokens), GPT(unrolled_cfg).apply({"params": params}, tokens),
-        rtol=1e-5, atol=1e-5,
-    )
+
+    def scanned(tree):
+        return {**tree, "blocks": stack_params(layer_params(tree["blocks"], tiny_model.n_layers, 1), 1)}
+
+    def logits_and_gradients(cfg, tree):
+        logits, pullback = jax.vjp(lambda p: GPT(cfg).apply({"params": p}, tokens), tree)
+        return logits, pullback(jax.numpy.sin(logits))[0]
+
+    logits, grads = logits_and_gradients(tiny_model, scanned(params))
+    expected_logits, expected_grads = logits_and_gradients(unrolled_cfg, params)
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(jax.tree.leaves(grads), jax.tree.leaves(scanned(expected_grads))):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_bfloat16_compute_trains_close_to_float32(tiny_model, single_device):

@@ -14,14 +14,34 @@ from scaling.nn.rope import apply_rope
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
+@jax.custom_jvp
+def masked_softmax(scores: jax.Array, visible: jax.Array) -> jax.Array:
+    """softmax over the last axis of `scores` where `visible`, the rest weighted 0 (a row with no
+    visible entry is uniform).
+
+    Its derivative is the softmax Jacobian applied to the visible tangents, y * (ds - <y, ds>), which
+    needs y alone: differentiated through its exp, sum and division, the softmax keeps three score-
+    sized arrays and the mask for the backward pass (jax.nn.softmax does, unless the global
+    jax_softmax_custom_jvp flag is set).
+    """
+    return jax.nn.softmax(jnp.where(visible, scores, jnp.finfo(scores.dtype).min), axis=-1)
+
+
+@masked_softmax.defjvp
+def _masked_softmax_jvp(primals, tangents):
+    scores, visible = primals
+    weights = masked_softmax(scores, visible)
+    visible_tangents = jnp.where(visible, tangents[0], 0)
+    return weights, weights * (visible_tangents - jnp.sum(weights * visible_tangents, axis=-1, keepdims=True))
+
+
 def _masked_softmax_attention(q, k, v, scale: float, visible: jax.Array) -> jax.Array:
     """softmax(scale q k^T where visible, else -inf) v; scores and softmax in float32.
 
     q [b, n, h, d], k and v [b, s, h, d], visible broadcastable to [b, h, n, s].
     """
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    weights = masked_softmax(scores, visible).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 

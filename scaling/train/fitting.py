@@ -6,7 +6,7 @@ memory is what the backend reports (`memory_stats()['bytes_limit']`), or a given
 laptop plans for an 80 GiB GPU or a 95 GiB v5p chip with fake devices); where neither is known (a
 CPU) nothing is compiled and the settings left to fit are no remat and one microbatch.
 
-Candidates, cheapest first: remat none, then dots (recompute elementwise work, keep matmul outputs),
+Candidates, cheapest first: remat none, then dots (keep the weight matmuls' outputs, recompute the rest),
 then full (recompute the block: one more forward pass), each with the fewest microbatches (powers of
 two dividing the per-device batch) that fit while a microbatch keeps at least MIN_MICROBATCH_TOKENS
 tokens per device; then full remat with smaller microbatches, down to one sequence per device.
