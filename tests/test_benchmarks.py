@@ -4,11 +4,13 @@ import os
 import subprocess
 import sys
 
+from conftest import command_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_accelerator_suite_runs_every_section(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = command_env()
     result = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_suite", "--tiny", "--out", str(tmp_path)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -12,8 +12,8 @@ from scaling.config import ModelConfig, UsageError
 from scaling.models.gpt import GPT, gpt_counts
 from scaling.nn.attention import masked_softmax
 from scaling.nn.norms import RMSNorm
-from scaling.nn.stack import matmuls_saveable
 from scaling.nn.rope import apply_rope
+from scaling.nn.stack import matmuls_saveable
 from scaling.shapes import nonembed_params, shape_for_params
 
 

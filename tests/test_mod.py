@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import command_env
 from test_flops import compiled_step_flops
 from test_sharding import train_on_mesh
 
@@ -221,7 +222,7 @@ def test_bad_mod_options_are_usage_errors(change, flag):
     (["--arch", "mod", "--mod_capacity", "0.001"], "--mod_capacity"),
 ])
 def test_cli_refuses_bad_mod_flags_with_one_line_and_nothing_written(tmp_path, args, flag):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = command_env()
     workdir = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "experiments.train", *args, "--workdir", str(workdir)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

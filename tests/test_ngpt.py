@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import command_env
 from test_flops import compiled_step_flops
 from test_sharding import tiny_run, train_on_mesh
 
@@ -115,7 +116,7 @@ def test_analytic_flops_match_compiled_cost_analysis():
 
 
 def test_isoflop_plans_gpt_and_ngpt_at_the_quickstart_budget(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = command_env()
     result = subprocess.run(
         [sys.executable, "-m", "experiments.isoflop", "--budget", "3e12", "--seq_len", "128", "--num_sizes", "5",
          "--archs", "gpt,ngpt", "--dry_run", "--workdir", str(tmp_path / "sweep")],

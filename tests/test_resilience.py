@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import command_env
 from test_cli import REPO, assert_usage_error
 
 from scaling import sweep
@@ -47,7 +48,7 @@ def test_divergence_stops_at_once_and_checkpoints_only_finite_state(tiny_model, 
 
 
 def test_train_entry_point_reports_divergence_in_one_line_and_exit_3(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = command_env()
     result = subprocess.run(
         [sys.executable, "-m", "experiments.train", "--d_model", "32", "--n_heads", "2", "--seq_len", "32",
          "--batch_size", "4", "--tokens", "2048", "--data", "synthetic", "--learning_rate", "1e15",
@@ -80,7 +81,7 @@ def preemptible(tmp_path_factory):
     root = tmp_path_factory.mktemp("preempt")
     args = ["--d_model", "32", "--n_heads", "2", "--seq_len", "32", "--batch_size", "8", "--tokens", str(400 * 8 * 32),
             "--data", "synthetic", "--eval_every", "400", "--log_every", "5", "--checkpoint_every", "1000"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = command_env()
 
     def command(name):
         return [sys.executable, "-m", "experiments.train", *args, "--workdir", str(root / name)]

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from conftest import command_env
 
 from scaling.config import MeshConfig
 from scaling.models.registry import get_architecture, model_config
@@ -78,7 +79,7 @@ def test_top_k_only_draws_among_the_k_largest():
 
 
 def run_sample(*args):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = command_env()
     return subprocess.run([sys.executable, "-m", "experiments.sample", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 

@@ -1,5 +1,6 @@
 """Sharded training equals single-device training, and parameters really are split over the mesh."""
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -78,6 +79,7 @@ def test_scanned_and_unrolled_stacks_compute_the_same_function_and_gradients(tin
     def scanned(tree):
         return {**tree, "blocks": stack_params(layer_params(tree["blocks"], tiny_model.n_layers, 1), 1)}
 
+    @functools.partial(jax.jit, static_argnums=0)
     def logits_and_gradients(cfg, tree):
         logits, pullback = jax.vjp(lambda p: GPT(cfg).apply({"params": p}, tokens), tree)
         return logits, pullback(jax.numpy.sin(logits))[0]

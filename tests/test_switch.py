@@ -1,5 +1,4 @@
 """The `switch` architecture: expert parallelism over the mesh, FLOP accounting, stack layout, bad input."""
-import os
 import subprocess
 import sys
 
@@ -7,6 +6,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from conftest import command_env
 from test_flops import compiled_step_flops
 from test_sharding import tiny_run
 
@@ -129,7 +129,7 @@ def test_bad_moe_options_are_usage_errors(change, flag):
 
 def test_cli_refuses_bad_expert_count_with_one_line_and_nothing_written(tmp_path):
     workdir = tmp_path / "run"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = command_env(8)
     result = subprocess.run(
         [sys.executable, "-m", "experiments.train", "--arch", "switch", "--d_model", "32", "--n_layers", "2",
          "--n_heads", "2", "--num_experts", "6", "--mesh", "data=2,expert=4", "--batch_size", "8",

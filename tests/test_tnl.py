@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from conftest import command_env
 from test_flops import compiled_step_flops
 from test_sharding import train_on_mesh
 
@@ -86,7 +87,7 @@ def test_flops_are_linear_in_sequence_length(tnl_model):
 @pytest.mark.parametrize("args, flag", [(["--chunk_size", "48"], "--chunk_size"), (["--chunk_size", "0"], "--chunk_size"),
                                         (["--d_model", "66", "--n_heads", "2", "--lrpe"], "--n_heads")])
 def test_bad_tnl_flags_are_one_line_and_exit_2(tmp_path, args, flag):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = command_env()
     workdir = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "experiments.train", "--arch", "tnl", *args, "--workdir", str(workdir)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
