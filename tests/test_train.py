@@ -85,7 +85,7 @@ def test_refuses_a_run_written_by_the_previous_layout(tiny_model, tiny_train, tm
 
 def test_cpu_steps_compile_with_the_platform_options(tiny_model, tiny_train):
     """On the CPU the train and eval steps compile without YNNPACK fusions (scaling/compiler.py), which
-    XLA:CPU would otherwise emit for this step."""
+    XLA:CPU would otherwise emit for them."""
     run = Run(tiny_model, tiny_train, sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1]))
     if not compiler_options(run.mesh):
         pytest.skip("this jaxlib has no YNNPACK fusions to turn off")

@@ -118,7 +118,7 @@ def _remat(cfg: ModelConfig):
     Even with none, a scanned period recomputes its elementwise work (norms, activations, softmax)
     from the matmul outputs: whatever a scan keeps crosses the loop boundary and is stacked, layer
     by layer, into buffers XLA zero-fills first, which costs more than the recomputation XLA fuses
-    into the backward pass (halved temporary memory and a 4-10% faster step on the CPU). Unrolled,
+    into the backward pass (halved temporary memory and a 0-10% faster step on the CPU). Unrolled,
     XLA sees the whole graph and places every intermediate itself.
     """
     remat = "none" if cfg.remat == "auto" else cfg.remat  # auto is chosen by scaling/train/fitting.py
