@@ -57,19 +57,32 @@ def budgets() -> list[float]:
 
 
 def planned_target() -> tuple | None:
-    """(accelerator, devices, MFU) of --target, or None; it plans with --dry_run on as many (fake) devices."""
+    """(accelerator, devices to plan on, MFU) of --target, or None. The devices are compile-only ones of
+    that kind where XLA can compile for it here (scaling.hardware), else as many fake CPU devices."""
     if FLAGS.target is None:
         return None
-    accelerator, devices = hardware.parse_target(FLAGS.target)
+    accelerator, count = hardware.parse_target(FLAGS.target)
     if not FLAGS.dry_run:
         raise UsageError("--target", "plans for other hardware and trains nothing: add --dry_run")
-    if jax.device_count() != devices:
-        raise UsageError("--target", f"plans {devices} devices but {jax.device_count()} are visible; simulate them "
-                                     f"with XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
     mfu = FLAGS.assume_mfu or accelerator.measured_mfu or hardware.DEFAULT_MFU
     if not 0 < mfu <= 1:
         raise UsageError("--assume_mfu", "must be in (0, 1]")
-    return accelerator, devices, mfu
+    devices = hardware.compile_only_devices(accelerator, count, cli.device_memory_gib() or accelerator.memory_gib)
+    if devices is None and jax.device_count() != count:
+        raise UsageError("--target", f"plans {count} devices but {jax.device_count()} are visible; simulate them "
+                                     f"with XLA_FLAGS=--xla_force_host_platform_device_count={count}")
+    return accelerator, devices or jax.devices(), mfu
+
+
+def planning_compiler(accelerator, devices) -> str:
+    """Which compiler's memory analysis a --target plan rests on."""
+    if devices[0].platform != "cpu":
+        return f"memory planned by XLA:{devices[0].platform.upper()} for {len(devices)} compile-only {devices[0].device_kind}"
+    note = f"memory planned by XLA:CPU on {len(devices)} fake devices, an approximation"
+    if accelerator.gpu is not None:
+        note += (" that holds attention's T x T scores where a GPU runs cuDNN flash attention; install jax's CUDA "
+                 "plugin to plan with XLA:GPU (README, Running on a pod)")
+    return note
 
 
 def main(argv) -> None:
@@ -86,21 +99,22 @@ def main(argv) -> None:
         raise UsageError("--lr_search", "searches the learning rate; drop --learning_rate or --lr_search")
     plan = sweep.plan_sweep(budgets(), bases, FLAGS.num_sizes, cli.train_config(), batch_size, learning_rate,
                             seeds=FLAGS.seeds, lr_search=FLAGS.lr_search)
-    sweep.check_mesh(plan, mesh_cfg)
+    target = planned_target()
+    memory_gib = cli.device_memory_gib() or (target[0].memory_gib if target else None)
+    devices = target[1] if target else None
+    sweep.check_mesh(plan, mesh_cfg, devices)
     workdir = FLAGS.workdir or "runs/isoflop-" + "-".join(f"{b:.3g}" for b in plan["budgets"])
     if not FLAGS.dry_run:
         sweep.check_workdir(workdir, plan)
-    memory_gib, target = cli.device_memory_gib(), planned_target()
-    if target:
-        memory_gib = memory_gib or target[0].memory_gib
-    plan = sweep.fit_plan(plan, mesh_cfg, fitting.device_memory(memory_gib))
+    plan = sweep.fit_plan(plan, mesh_cfg, fitting.device_memory(memory_gib), devices=devices)
     seconds = sweep.estimate_on_target(plan, *target) if target else sweep.estimate_seconds(plan, mesh_cfg)
     print(sweep.format_plan(plan, seconds))
     if target:
         accelerator, devices, mfu = target
         source = f"measured by this toolkit, {accelerator.measured_on}" if mfu == accelerator.measured_mfu \
             else "an assumption"
-        print(f"wall time for {devices} x {accelerator.name} ({memory_gib:g} GiB each) at MFU {mfu:.2f} ({source})")
+        print(f"wall time for {len(devices)} x {accelerator.name} ({memory_gib:g} GiB each) at MFU {mfu:.2f} "
+              f"({source}); {planning_compiler(accelerator, devices)}")
     if sum(seconds.values()) > DAY:
         print(f"WARNING: this sweep is estimated to take {sweep.format_duration(sum(seconds.values()))} on the current devices")
     if FLAGS.dry_run:

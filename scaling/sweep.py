@@ -252,19 +252,20 @@ def estimate_seconds(plan: dict, mesh_cfg: MeshConfig) -> dict[str, float]:
     return {r["run_id"]: r["tokens"] * r["flops_per_token"] / flops_per_s for r in all_runs(plan)}
 
 
-def estimate_on_target(plan: dict, accelerator, devices: int, mfu: float) -> dict[str, float]:
+def estimate_on_target(plan: dict, accelerator, devices: list, mfu: float) -> dict[str, float]:
     """Wall time per run on `devices` of `accelerator` at model FLOPs utilisation `mfu`."""
-    rate = devices * accelerator.peak_tflops * 1e12 * mfu
+    rate = len(devices) * accelerator.peak_tflops * 1e12 * mfu
     return {r["run_id"]: r["tokens"] * r["flops_per_token"] / rate for r in all_runs(plan)}
 
 
-def fit_plan(plan: dict, mesh_cfg: MeshConfig, memory: int | None, log=print) -> dict:
-    """Each run's remat, microbatches and mesh chosen to fit `memory` bytes per device (compile only;
-    scaling/train/fitting.py), with its compiled memory per device; unchanged settings where the
-    memory is unknown (a CPU: no remat, one microbatch). UsageError if a run cannot fit."""
+def fit_plan(plan: dict, mesh_cfg: MeshConfig, memory: int | None, log=print, devices=None) -> dict:
+    """Each run's remat, microbatches and mesh chosen to fit `memory` bytes per device of `devices`
+    (default: all; compile only, scaling/train/fitting.py), with its compiled memory per device;
+    unchanged settings where the memory is unknown (a CPU: no remat, one microbatch). UsageError if a
+    run cannot fit."""
     for run in all_runs(plan):
         fitted = fitting.fit(model_config_from_dict(run["model"]), TrainConfig(**run["train"]), mesh_cfg, memory,
-                             name=f"run {run['run_id']}")
+                             name=f"run {run['run_id']}", devices=devices)
         run["model"]["remat"] = fitted.run.model_cfg.remat
         run["train"]["microbatches"] = fitted.run.train_cfg.microbatches
         run.update(mesh=dataclasses.asdict(fitted.mesh_cfg), gib_per_device=fitted.gib_per_device)
@@ -311,9 +312,9 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-def check_mesh(plan: dict, mesh_cfg: MeshConfig) -> None:
-    """UsageError unless every planned model and batch divides over the mesh."""
-    mesh = sharding.make_mesh(mesh_cfg)
+def check_mesh(plan: dict, mesh_cfg: MeshConfig, devices=None) -> None:
+    """UsageError unless every planned model and batch divides over the mesh of `devices` (default: all)."""
+    mesh = sharding.make_mesh(mesh_cfg, devices)
     for run in plan["runs"]:
         model_cfg = model_config_from_dict(run["model"])
         get_architecture(model_cfg.arch).check_fits(mesh, model_cfg, run["train"]["batch_size"])

@@ -8,7 +8,7 @@ import pytest
 from test_cli import assert_usage_error, run
 from test_sharding import tiny_run, train_on_mesh
 
-from scaling import sharding
+from scaling import hardware, sharding
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.train import fitting
 from scaling.train.run import Run
@@ -123,11 +123,18 @@ def test_bad_fitting_input_is_one_line_and_writes_nothing(tmp_path, args, flag):
     assert not (tmp_path / "run").exists()
 
 
-def test_dry_run_fits_every_run_to_the_given_memory(tmp_path):
+def test_dry_run_for_a_target_fits_every_run_to_its_memory(tmp_path):
+    """--target h100:8 plans on 8 compile-only H100s with jax's CUDA plugin, else (as in CI) on 8 fake
+    CPU devices, and says which."""
     result = run("experiments.isoflop", "--budget", "2e12", "--seq_len", "64", "--data", "synthetic",
-                 "--num_sizes", "3", "--device_memory_gib", "80", "--dry_run", "--workdir", str(tmp_path / "s"))
+                 "--num_sizes", "3", "--target", "h100:8", "--device_memory_gib", "40", "--dry_run", "--workdir",
+                 str(tmp_path / "s"), devices=8)
     assert result.returncode == 0, result.stderr
     header, *rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("run_id", "gpt-"))]
     assert header[10:13] == ["remat", "micro", "GiB/dev"]
     assert rows and all(row[10] == "none" and row[11] == "1" and float(row[12]) > 0 for row in rows)
+    assert "wall time for 8 x h100 (40 GiB each)" in result.stdout
+    cpu = hardware.compile_only_devices(hardware.ACCELERATORS["h100"], 8, 40) is None
+    compiler = "XLA:CPU on 8 fake devices" if cpu else "XLA:GPU for 8 compile-only NVIDIA H100"
+    assert f"memory planned by {compiler}" in result.stdout
     assert not (tmp_path / "s").exists()

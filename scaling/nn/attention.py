@@ -45,14 +45,21 @@ def _masked_softmax_attention(q, k, v, scale: float, visible: jax.Array) -> jax.
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+def compiling_for() -> str:
+    """The platform of the devices being compiled for: those of the mesh in context (which may be
+    compile-only devices of a kind this host lacks, scaling.hardware), else the default backend's."""
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    return jax.default_backend() if device is None else device.platform
+
+
 def causal_attention(q, k, v, scale: float, mask: jax.Array | None = None) -> jax.Array:
     """Causal softmax attention over q, k, v [batch, length, heads, d_head].
 
     `mask` [batch, length] (optional) removes tokens as keys. The full T x T score matrix is what
-    scaling.flops counts. Half-precision inputs on a GPU go to cuDNN's fused flash attention (jax's
-    default implementation is the XLA one, which materialises the scores), where cuDNN takes them.
+    scaling.flops counts. Half-precision inputs compiled for a GPU go to cuDNN's fused flash attention
+    (jax's default implementation is the XLA one, which materialises the scores), where cuDNN takes them.
     """
-    if mask is None and q.dtype in FUSED_DTYPES and jax.default_backend() == "gpu":
+    if mask is None and q.dtype in FUSED_DTYPES and compiling_for() == "gpu":
         try:
             return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation="cudnn")
         except (NotImplementedError, RuntimeError, ValueError):  # cuDNN absent or the shape unsupported

@@ -1,0 +1,49 @@
+"""Compile-only devices: steps compiled for accelerators this host does not have, the way --dry_run
+--target plans a pod. The compiling tests need jax's CUDA plugin or libtpu, which the README's
+install does not bring (CI skips them; they ran where those were installed, README Running on a pod)."""
+import dataclasses
+
+import pytest
+
+from scaling import hardware
+from scaling.config import MeshConfig, TrainConfig
+from scaling.train import fitting
+
+GIB = 2**30
+H100, V5P = hardware.ACCELERATORS["h100"], hardware.ACCELERATORS["v5p"]
+needs_cuda_plugin = pytest.mark.skipif(hardware.compile_only_devices(H100, 1, 80) is None,
+                                       reason="needs jax's CUDA plugin (compiles for an H100 without one)")
+needs_libtpu = pytest.mark.skipif(hardware.compile_only_devices(V5P, 4, 95) is None,
+                                  reason="needs libtpu (compiles for a TPU without one)")
+
+
+@pytest.mark.parametrize("chips, dims, shape", [(4, 3, "2x2x1"), (16, 3, "2x2x4"), (64, 3, "4x4x4"),
+                                                (8, 2, "2x4"), (256, 2, "16x16")])
+def test_a_tpu_slice_is_named_by_its_torus(chips, dims, shape):
+    assert hardware._slice_shape(chips, dims) == shape
+
+
+def fitted_step(cfg, devices):
+    return fitting.fit(cfg, TrainConfig(batch_size=8, data="synthetic"), MeshConfig(data=len(devices)), 80 * GIB,
+                       devices=devices)
+
+
+@needs_cuda_plugin
+@pytest.mark.parametrize("remat, forwards", [("none", 1), ("full", 2)])
+def test_a_step_compiled_for_a_gpu_it_does_not_have_runs_cudnn_attention(tiny_model, remat, forwards):
+    """The attention follows the devices compiled for, not this host: cuDNN's flash attention, whose
+    forward the scanned blocks keep for the backward pass unless remat full recomputes it."""
+    devices = hardware.compile_only_devices(H100, 8, 80)
+    assert len(devices) == 8 and devices[0].device_kind == "NVIDIA H100 80GB HBM3"
+    fitted = fitted_step(dataclasses.replace(tiny_model, dtype="bfloat16", remat=remat), devices)
+    assert 0 < fitted.bytes_per_device < GIB
+    hlo = fitted.run.compiled_train_step.as_text()
+    assert hlo.count('custom_call_target="__cudnn$fmhaSoftmax"') == forwards
+    assert hlo.count('custom_call_target="__cudnn$fmhaSoftmaxBackward"') == 1
+
+
+@needs_libtpu
+def test_a_step_compiles_for_a_tpu_slice_it_does_not_have(tiny_model):
+    devices = hardware.compile_only_devices(V5P, 8, 95)
+    assert len(devices) == 8 and hardware.by_device_kind(devices[0].device_kind) == V5P
+    assert 0 < fitted_step(dataclasses.replace(tiny_model, dtype="bfloat16"), devices).bytes_per_device < GIB
