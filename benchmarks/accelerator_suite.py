@@ -9,8 +9,8 @@ One command that measures, on the current device, what only an accelerator shows
   (alternating steps), every one with full remat (the same setting for all);
 - context: `tnl` and `gpt` training tokens/s and compiled memory per device from 1k to 64k tokens
   per sequence at the same tokens per batch (fitted to the device memory);
-- kernel: the chunked Lightning Attention kernel (scaling/nn/linear_attention.py) against
-  jax.nn.dot_product_attention (cuDNN flash attention where available), forward and forward+backward,
+- kernel: Lightning Attention's chunked form in XLA ops and its Pallas kernels (scaling/nn/linear_attention.py,
+  lightning_kernel.py) against cuDNN flash attention where available, forward and forward+backward,
   at 4k..64k tokens, batch 4, 32 heads of 128, bfloat16 (the Lightning Attention-2 paper's setting).
 
 --tiny runs every section at toy sizes (the CPU test of tests/test_benchmarks.py), so it cannot rot.
@@ -117,13 +117,14 @@ def context(profile: Profile, memory):
 
 
 def _kernels(decay):
-    def chunked(q, k, v):
-        return linear_attention(q, k, v, decay, form="chunked", chunk_size=64)
+    def lightning(form):
+        return lambda q, k, v: linear_attention(q, k, v, decay, form=form, chunk_size=64)
 
     def softmax(q, k, v):
         return causal_attention(q, k, v, 1 / q.shape[-1] ** 0.5)
 
-    return {"lightning (chunked, XLA)": chunked, "softmax (cuDNN flash on GPU)": softmax}
+    return {"lightning (chunked, XLA)": lightning("chunked"), "lightning (Pallas)": lightning("pallas"),
+            "softmax (cuDNN flash on GPU)": softmax}
 
 
 def kernel(profile: Profile, memory):

@@ -3,10 +3,14 @@
 install does not bring (CI skips them; they ran where those were installed, README Running on a pod)."""
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from scaling import hardware
+from scaling import hardware, sharding
 from scaling.config import MeshConfig, TrainConfig
+from scaling.models.tnl import layer_decays
+from scaling.nn.linear_attention import linear_attention
 from scaling.train import fitting
 
 GIB = 2**30
@@ -47,3 +51,22 @@ def test_a_step_compiles_for_a_tpu_slice_it_does_not_have(tiny_model):
     devices = hardware.compile_only_devices(V5P, 8, 95)
     assert len(devices) == 8 and hardware.by_device_kind(devices[0].device_kind) == V5P
     assert 0 < fitted_step(dataclasses.replace(tiny_model, dtype="bfloat16"), devices).bytes_per_device < GIB
+
+
+@needs_cuda_plugin
+def test_lightning_attention_kernels_compile_for_a_gpu_and_keep_the_state_out_of_memory():
+    """The Pallas form lowers to Triton kernels for an H100 and, unlike the chunked form, plans next to
+    no temporaries for its forward pass (every chunk's state stays in registers)."""
+    devices = hardware.compile_only_devices(H100, 1, 80)
+    mesh = sharding.make_mesh(MeshConfig(), devices)
+    x = jax.ShapeDtypeStruct((1, 4096, 2, 128), jnp.bfloat16, sharding=sharding.replicated(mesh))
+    decay = jnp.asarray(layer_decays(2, 1)[0])
+
+    def compiled(form):
+        with sharding.activate(mesh):
+            return jax.jit(lambda q, k, v: linear_attention(q, k, v, decay, form=form)).lower(x, x, x).compile()
+
+    pallas, chunked = compiled("pallas"), compiled("chunked")
+    assert "triton" in pallas.as_text()
+    temporaries = [c.memory_analysis().temp_size_in_bytes for c in (pallas, chunked)]
+    assert temporaries[0] < 2**16 < 2**24 < temporaries[1], temporaries

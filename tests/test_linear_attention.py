@@ -1,4 +1,5 @@
-"""The parallel, chunked (Lightning Attention-2) and recurrent forms compute the same function."""
+"""The parallel, chunked (Lightning Attention-2), Pallas (its fused kernels, run in interpret mode on the
+CPU) and recurrent forms compute the same function."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,22 +27,25 @@ def test_forms_agree(length, heads, chunk, layer):
     q, k, v, decays = inputs(length, heads)
     reference = linear_attention(q, k, v, decays[layer], form="parallel")
     scale = float(jnp.max(jnp.abs(reference)))
-    for form in ("chunked", "recurrent"):
+    for form in ("chunked", "pallas", "recurrent"):
         out = linear_attention(q, k, v, decays[layer], form=form, chunk_size=chunk)
         np.testing.assert_allclose(out / scale, reference / scale, atol=2e-6, err_msg=form)
 
 
-@pytest.mark.parametrize("length, heads, chunk", CASES[:2])
-def test_custom_vjp_gradients_equal_autodiff_of_parallel(length, heads, chunk):
-    q, k, v, decays = inputs(length, heads)
+@pytest.mark.parametrize("form", ["chunked", "pallas"])
+@pytest.mark.parametrize("length, heads, chunk, d_k, d_v", [case + (8, 6) for case in CASES[:2]] + [(40, 2, 16, 128, 192)])
+def test_custom_vjp_gradients_equal_autodiff_of_parallel(form, length, heads, chunk, d_k, d_v):
+    """Also at head sizes the Pallas kernels split into blocks of 64 columns (2 of d_k, 3 of d_v)."""
+    q, k, v, decays = inputs(length, heads, d_k, d_v)
     weights = jax.random.normal(jax.random.key(7), v.shape)
 
     def loss(form):
         return lambda q, k, v: jnp.sum(weights * linear_attention(q, k, v, decays[3], form=form, chunk_size=chunk))
 
     expected = jax.grad(loss("parallel"), argnums=(0, 1, 2))(q, k, v)
-    got = jax.grad(loss("chunked"), argnums=(0, 1, 2))(q, k, v)
-    for name, g, e in zip("qkv", got, expected):
+    outputs, vjp = jax.vjp(loss(form), q, k, v)
+    np.testing.assert_allclose(outputs, loss("parallel")(q, k, v), rtol=1e-5)
+    for name, g, e in zip("qkv", vjp(jnp.ones(())), expected):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(e))), err_msg=name)
 
 
@@ -60,9 +64,10 @@ def saved_bytes(attention, *args) -> int:
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(saved))
 
 
-def test_custom_vjp_saves_only_q_k_v():
+@pytest.mark.parametrize("form", ["chunked", "pallas"])
+def test_custom_vjp_saves_only_q_k_v(form):
     q, k, v, decays = inputs(1024, 2, d_k=16, d_v=16, batch=1)
-    custom = saved_bytes(lambda q, k, v: linear_attention(q, k, v, decays[0], chunk_size=64), q, k, v)
+    custom = saved_bytes(lambda q, k, v: linear_attention(q, k, v, decays[0], form=form, chunk_size=64), q, k, v)
     autodiff = saved_bytes(lambda q, k, v: _chunked_forward(q, k, v, decays[0], 64), q, k, v)
     assert custom <= q.nbytes + k.nbytes + v.nbytes + decays[0].nbytes < autodiff
 

@@ -2,7 +2,7 @@
 
     o_t = sum_{s <= t} lambda^(t - s) (q_t . k_s) v_s          (no 1/sqrt(d) scale, no softmax)
 
-in three mathematically equal forms (REFERENCE.md section 5):
+in four mathematically equal forms (REFERENCE.md section 5):
 
 - `parallel`: the T x T decay-masked product [(Q K^T) * M] V, M_ts = lambda^(t - s) for t >= s.
 - `chunked`: Lightning Attention-2 (Qin et al. 2024, arXiv 2401.04658, Algorithm 1). Within a chunk of
@@ -11,6 +11,8 @@ in three mathematically equal forms (REFERENCE.md section 5):
   Every decay exponent is <= 0 (lambda^(-t) is never formed). Its custom VJP is Algorithm 2: the same
   chunk loop in reverse with the dKV state, so only q, k, v are saved for the backward pass.
 - `recurrent`: one token at a time, KV_t = lambda KV_{t-1} + k_t^T v_t, o_t = q_t KV_t (inference).
+- `pallas`: `chunked` as fused kernels that keep KV in registers instead of writing every chunk's
+  state to memory (lightning_kernel.py; Triton on a GPU, Pallas' interpret mode elsewhere).
 
 Shapes: q, k [batch, length, heads, d_k]; v [batch, length, heads, d_v]; decay [heads] in (0, 1).
 Everything is computed in float32 and returned in v's dtype.
@@ -20,7 +22,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-FORMS = ("parallel", "chunked", "recurrent")
+from scaling.nn.lightning_kernel import lightning
+
+FORMS = ("parallel", "chunked", "recurrent", "pallas")
 
 
 def linear_attention(q, k, v, decay, *, form: str = "chunked", chunk_size: int = 64) -> jax.Array:
@@ -34,7 +38,7 @@ def linear_attention(q, k, v, decay, *, form: str = "chunked", chunk_size: int =
         return recurrent(q, k, v, decay, state)[0]
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
-    return chunked(q, k, v, decay, chunk_size)
+    return (lightning if form == "pallas" else chunked)(q, k, v, decay, chunk_size)
 
 
 def _rate(decay: jax.Array) -> jax.Array:
