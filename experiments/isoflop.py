@@ -30,7 +30,9 @@ flags.DEFINE_string("archs", "gpt", "Comma-separated architectures, one isoFLOP 
 flags.DEFINE_integer("num_sizes", 7, "Model sizes per architecture, evenly spaced in log N.")
 flags.DEFINE_bool("dry_run", False, "Print the plan and its estimated wall time; train nothing.")
 flags.DEFINE_string("target", None, "With --dry_run, plan for hardware you may not have: KIND:DEVICES (e.g. h100:16, "
-                                    "v5p:32): runs fitted to its memory, wall time from its peak at --assume_mfu.")
+                                    "v5p:32): runs fitted to the memory jax lets a step use there (default: a "
+                                    "GPU's XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75, of its memory; a TPU's all), "
+                                    "wall time from its peak at --assume_mfu.")
 flags.DEFINE_float("assume_mfu", None, "MFU for --target (default: the best this toolkit measured on that kind, "
                                        "else 0.4).")
 flags.DEFINE_enum("x_axis", "params", ["params", "nonembed_params", "active_params"],
@@ -67,7 +69,7 @@ def planned_target() -> tuple | None:
     mfu = FLAGS.assume_mfu or accelerator.measured_mfu or hardware.DEFAULT_MFU
     if not 0 < mfu <= 1:
         raise UsageError("--assume_mfu", "must be in (0, 1]")
-    devices = hardware.compile_only_devices(accelerator, count, cli.device_memory_gib() or accelerator.memory_gib)
+    devices = hardware.compile_only_devices(accelerator, count)
     if devices is None and jax.device_count() != count:
         raise UsageError("--target", f"plans {count} devices but {jax.device_count()} are visible; simulate them "
                                      f"with XLA_FLAGS=--xla_force_host_platform_device_count={count}")
@@ -100,7 +102,7 @@ def main(argv) -> None:
     plan = sweep.plan_sweep(budgets(), bases, FLAGS.num_sizes, cli.train_config(), batch_size, learning_rate,
                             seeds=FLAGS.seeds, lr_search=FLAGS.lr_search)
     target = planned_target()
-    memory_gib = cli.device_memory_gib() or (target[0].memory_gib if target else None)
+    memory_gib = cli.device_memory_gib() or (hardware.usable_memory_gib(target[0]) if target else None)
     devices = target[1] if target else None
     sweep.check_mesh(plan, mesh_cfg, devices)
     workdir = FLAGS.workdir or "runs/isoflop-" + "-".join(f"{b:.3g}" for b in plan["budgets"])
@@ -113,8 +115,8 @@ def main(argv) -> None:
         accelerator, devices, mfu = target
         source = f"measured by this toolkit, {accelerator.measured_on}" if mfu == accelerator.measured_mfu \
             else "an assumption"
-        print(f"wall time for {len(devices)} x {accelerator.name} ({memory_gib:g} GiB each) at MFU {mfu:.2f} "
-              f"({source}); {planning_compiler(accelerator, devices)}")
+        print(f"wall time for {len(devices)} x {accelerator.name} ({memory_gib:g} of {accelerator.memory_gib:g} GiB "
+              f"usable each) at MFU {mfu:.2f} ({source}); {planning_compiler(accelerator, devices)}")
     if sum(seconds.values()) > DAY:
         print(f"WARNING: this sweep is estimated to take {sweep.format_duration(sum(seconds.values()))} on the current devices")
     if FLAGS.dry_run:

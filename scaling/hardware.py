@@ -98,16 +98,24 @@ def parse_target(text: str) -> tuple[Accelerator, int]:
     return ACCELERATORS[name], int(count)
 
 
-def compile_only_devices(accelerator: Accelerator, count: int, memory_gib: float) -> list | None:
+def usable_memory_gib(accelerator: Accelerator) -> float:
+    """What a step may use of one device, as jax reports it there (`bytes_limit`): on a GPU its
+    allocator's share, XLA_PYTHON_CLIENT_MEM_FRACTION of the memory (jax's default 0.75); on a TPU all."""
+    if accelerator.gpu is None:
+        return accelerator.memory_gib
+    return accelerator.memory_gib * float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75"))
+
+
+def compile_only_devices(accelerator: Accelerator, count: int) -> list | None:
     """`count` devices of `accelerator` that XLA compiles for without having them, or None where it
-    cannot here. GPUs (8 per host, `memory_gib` each) need jax's CUDA plugin (`pip install
-    "jax[cuda12]"`; on a host without a GPU, with JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 so that it loads);
-    TPUs need libtpu (`pip install "jax[tpu]"`) and a slice of whole hosts (a power of two, 4+ chips)."""
+    cannot here. GPUs (8 per host) need jax's CUDA plugin (`pip install "jax[cuda12]"`; on a host
+    without a GPU, with JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 so that it loads); TPUs need libtpu (`pip
+    install "jax[tpu]"`) and a slice of whole hosts (a power of two, 4+ chips)."""
     try:
         if accelerator.gpu is not None:
             per_host = 8 if count % 8 == 0 else count
             devices = topologies.get_topology_desc(platform="cuda", topology=f"1x{count // per_host}x{per_host}",
-                                                   target_config=accelerator.gpu.target_config(memory_gib)).devices
+                                                   target_config=accelerator.gpu.target_config(accelerator.memory_gib)).devices
         else:
             devices = topologies.get_topology_desc(f"{accelerator.name}:{_slice_shape(count, accelerator.torus_dims)}",
                                                    "tpu").devices

@@ -133,8 +133,8 @@ def test_dry_run_for_a_target_fits_every_run_to_its_memory(tmp_path):
     header, *rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("run_id", "gpt-"))]
     assert header[10:13] == ["remat", "micro", "GiB/dev"]
     assert rows and all(row[10] == "none" and row[11] == "1" and float(row[12]) > 0 for row in rows)
-    assert "wall time for 8 x h100 (40 GiB each)" in result.stdout
-    cpu = hardware.compile_only_devices(hardware.ACCELERATORS["h100"], 8, 40) is None
+    assert "wall time for 8 x h100 (40 of 80 GiB usable each)" in result.stdout
+    cpu = hardware.compile_only_devices(hardware.ACCELERATORS["h100"], 8) is None
     compiler = "XLA:CPU on 8 fake devices" if cpu else "XLA:GPU for 8 compile-only NVIDIA H100"
     assert f"memory planned by {compiler}" in result.stdout
     assert not (tmp_path / "s").exists()

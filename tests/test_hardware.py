@@ -15,9 +15,9 @@ from scaling.train import fitting
 
 GIB = 2**30
 H100, V5P = hardware.ACCELERATORS["h100"], hardware.ACCELERATORS["v5p"]
-needs_cuda_plugin = pytest.mark.skipif(hardware.compile_only_devices(H100, 1, 80) is None,
+needs_cuda_plugin = pytest.mark.skipif(hardware.compile_only_devices(H100, 1) is None,
                                        reason="needs jax's CUDA plugin (compiles for an H100 without one)")
-needs_libtpu = pytest.mark.skipif(hardware.compile_only_devices(V5P, 4, 95) is None,
+needs_libtpu = pytest.mark.skipif(hardware.compile_only_devices(V5P, 4) is None,
                                   reason="needs libtpu (compiles for a TPU without one)")
 
 
@@ -37,7 +37,7 @@ def fitted_step(cfg, devices):
 def test_a_step_compiled_for_a_gpu_it_does_not_have_runs_cudnn_attention(tiny_model, remat, forwards):
     """The attention follows the devices compiled for, not this host: cuDNN's flash attention, whose
     forward the scanned blocks keep for the backward pass unless remat full recomputes it."""
-    devices = hardware.compile_only_devices(H100, 8, 80)
+    devices = hardware.compile_only_devices(H100, 8)
     assert len(devices) == 8 and devices[0].device_kind == "NVIDIA H100 80GB HBM3"
     fitted = fitted_step(dataclasses.replace(tiny_model, dtype="bfloat16", remat=remat), devices)
     assert 0 < fitted.bytes_per_device < GIB
@@ -48,7 +48,7 @@ def test_a_step_compiled_for_a_gpu_it_does_not_have_runs_cudnn_attention(tiny_mo
 
 @needs_libtpu
 def test_a_step_compiles_for_a_tpu_slice_it_does_not_have(tiny_model):
-    devices = hardware.compile_only_devices(V5P, 8, 95)
+    devices = hardware.compile_only_devices(V5P, 8)
     assert len(devices) == 8 and hardware.by_device_kind(devices[0].device_kind) == V5P
     assert 0 < fitted_step(dataclasses.replace(tiny_model, dtype="bfloat16"), devices).bytes_per_device < GIB
 
@@ -57,7 +57,7 @@ def test_a_step_compiles_for_a_tpu_slice_it_does_not_have(tiny_model):
 def test_lightning_attention_kernels_compile_for_a_gpu_and_keep_the_state_out_of_memory():
     """The Pallas form lowers to Triton kernels for an H100 and, unlike the chunked form, plans next to
     no temporaries for its forward pass (every chunk's state stays in registers)."""
-    devices = hardware.compile_only_devices(H100, 1, 80)
+    devices = hardware.compile_only_devices(H100, 1)
     mesh = sharding.make_mesh(MeshConfig(), devices)
     x = jax.ShapeDtypeStruct((1, 4096, 2, 128), jnp.bfloat16, sharding=sharding.replicated(mesh))
     decay = jnp.asarray(layer_decays(2, 1)[0])
