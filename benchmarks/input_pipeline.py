@@ -56,7 +56,7 @@ def measure(args, tokenizer: str) -> dict:
     }
 
 
-def fed_step(args, tokenizer: str, rounds: int = 6) -> dict:
+def fed_step(args, tokenizer: str) -> dict:
     """Median train-step time fed by the loader and by a synthetic device batch, alternating per round."""
     options = {"tokenizer": tokenizer, "cache_dir": args.cache_dir}
     cfg = model_config("gpt", vocab_size=data.vocab_size(args.data, **options), d_model=256, n_layers=4, n_heads=4,
@@ -67,7 +67,7 @@ def fed_step(args, tokenizer: str, rounds: int = 6) -> dict:
     step, state, synthetic = run.compiled_train_step, run.init_state(), random_batch(cfg, 8, run.mesh)
     times = {"loader": [], "synthetic": []}
     with sharding.activate(run.mesh):
-        for i in range(rounds + 1):
+        for i in range(args.fed_rounds + 1):
             for feed, spent in times.items():
                 start = time.perf_counter()
                 state, metrics = step(state, load(i) if feed == "loader" else synthetic, None)
@@ -90,6 +90,7 @@ def main() -> None:
                         help="keeps trained tokenizers and tokenised splits between invocations")
     parser.add_argument("--fed_step", action="store_true",
                         help="also time a train step fed by the loader against one on synthetic data")
+    parser.add_argument("--fed_rounds", type=int, default=6, help="timed steps of each feed with --fed_step")
     args = parser.parse_args()
     for tokenizer in args.tokenizers.split(","):
         print(json.dumps(measure(args, tokenizer)), flush=True)

@@ -1,4 +1,5 @@
-"""The accelerator suite runs every section end to end (at toy sizes, on the CPU) so that it cannot rot."""
+"""The accelerator suite and the input-pipeline benchmark run end to end (at toy sizes, on the CPU) so
+that they cannot rot."""
 import json
 import os
 import subprocess
@@ -23,3 +24,15 @@ def test_accelerator_suite_runs_every_section(tmp_path):
     assert all(isinstance(row["forward_backward_ms"], float) for row in rows if row["section"] == "kernel")
     table = (tmp_path / "suite.md").read_text()
     assert all(f"### {section}" in table for section in sections)
+
+
+def test_input_pipeline_benchmark_feeds_the_train_step(tmp_path):
+    """The loader's batches go into the compiled step (sharding, dtypes and shapes agree) and both
+    feeds are timed."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.input_pipeline", "--tokenizers", "bytes", "--steps", "2",
+                             "--seq_len", "64", "--batch_size", "4", "--fed_step", "--fed_rounds", "1", "--cache_dir",
+                             str(tmp_path)], cwd=REPO, env=command_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    loader, fed = (json.loads(line) for line in result.stdout.splitlines())
+    assert loader["tokens_per_s_per_host"] > 0 and loader["bytes_per_token"] == 1.0
+    assert fed["loader_step_s"] > 0 and fed["synthetic_step_s"] > 0 and fed["ratio"] > 0
