@@ -9,6 +9,7 @@ import pytest
 
 from scaling import hardware, sharding
 from scaling.config import MeshConfig, TrainConfig
+from scaling.models.registry import model_config
 from scaling.models.tnl import layer_decays
 from scaling.nn.linear_attention import linear_attention
 from scaling.train import fitting
@@ -44,6 +45,17 @@ def test_a_step_compiled_for_a_gpu_it_does_not_have_runs_cudnn_attention(tiny_mo
     hlo = fitted.run.compiled_train_step.as_text()
     assert hlo.count('custom_call_target="__cudnn$fmhaSoftmax"') == forwards
     assert hlo.count('custom_call_target="__cudnn$fmhaSoftmaxBackward"') == 1
+
+
+@needs_cuda_plugin
+def test_expert_parallel_switch_compiles_for_gpus_it_does_not_have():
+    """Without a GPU to autotune on, XLA:GPU's untuned Triton matmul tiles fail for these expert
+    matmuls ("Couldn't find output tile sizes"); compile-only GPU steps use cuBLAS' (scaling/compiler.py)."""
+    cfg = model_config("switch", d_model=448, n_layers=2, n_heads=7, d_ff=1216, seq_len=1024, vocab_size=256,
+                       dtype="bfloat16")
+    fitted = fitting.fit(cfg, TrainConfig(batch_size=512, data="synthetic"), MeshConfig(data=2, expert=8), 60 * GIB,
+                         devices=hardware.compile_only_devices(H100, 16))
+    assert fitted.run.train_cfg.microbatches == 1 and 0 < fitted.bytes_per_device < 60 * GIB
 
 
 @needs_libtpu
