@@ -79,7 +79,8 @@ def planned_target() -> tuple | None:
 def planning_compiler(accelerator, devices) -> str:
     """Which compiler's memory analysis a --target plan rests on."""
     if devices[0].platform != "cpu":
-        return f"memory planned by XLA:{devices[0].platform.upper()} for {len(devices)} compile-only {devices[0].device_kind}"
+        device = devices[0]
+        return f"memory planned by XLA:{device.platform.upper()} for {len(devices)} compile-only {device.device_kind}"
     note = f"memory planned by XLA:CPU on {len(devices)} fake devices, an approximation"
     if accelerator.gpu is not None:
         note += (" that holds attention's T x T scores where a GPU runs cuDNN flash attention; install jax's CUDA "

@@ -1,6 +1,7 @@
 """Accelerators this toolkit plans for: peak dense bf16 TFLOP/s (REFERENCE.md section 7), memory per
-device, the best MFU this toolkit has measured on each (None where it has not run there), and for
-GPUs what XLA:GPU needs to compile for one this host does not have (compile-only devices)."""
+device, the best MFU this toolkit has measured on each (None where it has not run there), and their
+compile-only devices: what XLA compiles for without having them (a GPU's description for XLA:GPU, a
+TPU slice's torus for libtpu)."""
 import dataclasses
 import os
 import platform
@@ -114,8 +115,9 @@ def compile_only_devices(accelerator: Accelerator, count: int) -> list | None:
     try:
         if accelerator.gpu is not None:
             per_host = 8 if count % 8 == 0 else count
+            config = accelerator.gpu.target_config(accelerator.memory_gib)
             devices = topologies.get_topology_desc(platform="cuda", topology=f"1x{count // per_host}x{per_host}",
-                                                   target_config=accelerator.gpu.target_config(accelerator.memory_gib)).devices
+                                                   target_config=config).devices
         else:
             devices = topologies.get_topology_desc(f"{accelerator.name}:{_slice_shape(count, accelerator.torus_dims)}",
                                                    "tpu").devices

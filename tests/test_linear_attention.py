@@ -33,7 +33,8 @@ def test_forms_agree(length, heads, chunk, layer):
 
 
 @pytest.mark.parametrize("form", ["chunked", "pallas"])
-@pytest.mark.parametrize("length, heads, chunk, d_k, d_v", [case + (8, 6) for case in CASES[:2]] + [(40, 2, 16, 128, 192)])
+@pytest.mark.parametrize("length, heads, chunk, d_k, d_v",
+                         [case + (8, 6) for case in CASES[:2]] + [(40, 2, 16, 128, 192)])
 def test_custom_vjp_gradients_equal_autodiff_of_parallel(form, length, heads, chunk, d_k, d_v):
     """Also at head sizes the Pallas kernels split into blocks of 64 columns (2 of d_k, 3 of d_v)."""
     q, k, v, decays = inputs(length, heads, d_k, d_v)

@@ -15,7 +15,8 @@ in four mathematically equal forms (REFERENCE.md section 5):
   state to memory (lightning_kernel.py; Triton on a GPU, Pallas' interpret mode elsewhere).
 
 Shapes: q, k [batch, length, heads, d_k]; v [batch, length, heads, d_v]; decay [heads] in (0, 1).
-Everything is computed in float32 and returned in v's dtype.
+`parallel`, `chunked` and `recurrent` compute in float32; `pallas` takes the inputs' dtype for its dots
+and accumulates in float32. All return v's dtype.
 """
 import functools
 
