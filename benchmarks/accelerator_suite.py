@@ -173,8 +173,10 @@ COLUMNS = {
 
 def markdown(rows: list[dict]) -> str:
     device = jax.devices()[0]
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    usable = f", {limit / 2**30:.1f} GiB usable per device (bytes_limit)" if limit else ""
     lines = [f"Device: {device.device_kind} ({device.platform}), jax {jax.__version__}, "
-             f"peak {peak_tflops()} bf16 TFLOP/s for MFU"]
+             f"peak {peak_tflops()} bf16 TFLOP/s for MFU{usable}"]
     for section, columns in COLUMNS.items():
         mine = [row for row in rows if row["section"] == section]
         if mine:
