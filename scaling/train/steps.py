@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from scaling.train.cross_entropy import cross_entropy
 from scaling.train.state import TrainState
 
 AUX_COLLECTIONS = ("aux_loss", "metrics")
@@ -26,7 +27,7 @@ class Loss(Protocol):
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(sum of weighted next-token cross-entropies, sum of weights)."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    losses = cross_entropy(logits, targets)
     return jnp.sum(losses * weights), jnp.sum(weights)
 
 
