@@ -5,6 +5,7 @@ One command that measures, on the current device, what only an accelerator shows
 
 - mfu: `gpt` in bfloat16 at ~125M, ~350M and ~760M parameters, context 1024 and 2048, at 64k tokens
   per batch, with remat and microbatches fitted to the device memory as the isoFLOP sweep fits them;
+  the largest also with unrolled layers (`--noscan_layers`), whose cost a scan adds;
 - archs: the step time of every registered architecture over `gpt`'s at a ~350M shape, side by side
   (alternating steps), every one with full remat (the same setting for all);
 - context: `tnl` and `gpt` training tokens/s and compiled memory per device from 1k to 64k tokens
@@ -50,6 +51,7 @@ class Profile:
     context_tokens: int
     kernel_shape: tuple[int, int, int]  # batch, heads, head dim
     kernel_lens: tuple[int, ...]
+    unrolled_sizes: tuple[str, ...] = ()  # mfu sizes also measured with unrolled layers
     vocab_size: int = 32768
     steps: int = 5
     warmup: int = 2
@@ -60,14 +62,14 @@ FULL = Profile(
     seq_lens=(1024, 2048), tokens_per_batch=65536,
     arch_size="350M", arch_seq_len=1024, arch_batch=16,
     context_size=(1024, 12), context_lens=(1024, 4096, 16384, 32768, 65536), context_tokens=65536,
-    kernel_shape=(4, 32, 128), kernel_lens=(4096, 8192, 16384, 32768, 65536),
+    kernel_shape=(4, 32, 128), kernel_lens=(4096, 8192, 16384, 32768, 65536), unrolled_sizes=("760M",),
 )
 TINY = Profile(
     sizes={"tiny": (64, 2)},
     seq_lens=(64,), tokens_per_batch=256,
     arch_size="tiny", arch_seq_len=64, arch_batch=8,
     context_size=(64, 2), context_lens=(128,), context_tokens=256,
-    kernel_shape=(1, 2, 16), kernel_lens=(128,),
+    kernel_shape=(1, 2, 16), kernel_lens=(128,), unrolled_sizes=("tiny",),
     vocab_size=256, steps=1, warmup=1,
 )
 
@@ -90,11 +92,12 @@ def _row(section: str, fit, result: dict, **extra) -> dict:
 
 def mfu(profile: Profile, memory):
     for name, size in profile.sizes.items():
-        for seq_len in profile.seq_lens:
-            fit = fit_for_timing(shape(size, seq_len, profile.vocab_size), profile.tokens_per_batch // seq_len,
-                                 MeshConfig(), memory)
-            result = time_fits([fit], steps=profile.steps, warmup=profile.warmup)[0]
-            yield _row("mfu", fit, result, size=name)
+        for scan_layers in (True, False) if name in profile.unrolled_sizes else (True,):
+            for seq_len in profile.seq_lens:
+                model_cfg = shape(size, seq_len, profile.vocab_size, scan_layers=scan_layers)
+                fit = fit_for_timing(model_cfg, profile.tokens_per_batch // seq_len, MeshConfig(), memory)
+                result = time_fits([fit], steps=profile.steps, warmup=profile.warmup)[0]
+                yield _row("mfu", fit, result, size=name, layers="scanned" if scan_layers else "unrolled")
 
 
 def archs(profile: Profile, memory):
@@ -162,8 +165,8 @@ def _table(rows: list[dict], columns: tuple[str, ...]) -> list[str]:
 
 
 COLUMNS = {
-    "mfu": ("size", "params", "seq_len", "batch_size", "remat", "microbatches", "gib_per_device", "tokens_per_s",
-            "tflops_per_device", "mfu"),
+    "mfu": ("size", "layers", "params", "seq_len", "batch_size", "remat", "microbatches", "gib_per_device",
+            "tokens_per_s", "tflops_per_device", "mfu"),
     "archs": ("arch", "params", "seq_len", "batch_size", "step_s", "step_ratio", "tokens_per_s", "gib_per_device"),
     "context": ("arch", "seq_len", "batch_size", "remat", "microbatches", "tokens_per_s", "gib_per_device"),
     "kernel": ("kernel", "seq_len", "forward_ms", "forward_backward_ms", "forward_temp_gib",

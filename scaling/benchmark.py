@@ -37,10 +37,11 @@ def median_seconds(fn, *args, repeats: int = 5, warmup: int = 2) -> float:
 
 
 def fit_for_timing(model_cfg: ModelConfig, batch_size: int, mesh_cfg: MeshConfig = MeshConfig(),
-                   memory: int | None = None) -> fitting.Fit:
-    """The model's run at one batch, remat and microbatches fitted to `memory` bytes per device."""
+                   memory: int | None = None, devices=None) -> fitting.Fit:
+    """The model's run at one batch, remat and microbatches fitted to `memory` bytes per device (of
+    `devices`, default all)."""
     one_batch = TrainConfig(batch_size=batch_size, tokens=batch_size * model_cfg.seq_len)
-    return fitting.fit(model_cfg, one_batch, mesh_cfg, memory, name=model_cfg.arch, total_steps=1000)
+    return fitting.fit(model_cfg, one_batch, mesh_cfg, memory, name=model_cfg.arch, devices=devices, total_steps=1000)
 
 
 class _Runner:
