@@ -75,9 +75,10 @@ def parse(hlo: str) -> tuple[dict[str, list[Instruction]], str]:
 
 
 class _Module:
-    def __init__(self, hlo: str):
+    def __init__(self, hlo: str, matmul_flops_per_s: float = 1.0, bytes_per_s: float = 1.0):
         self.computations, self.entry = parse(hlo)
         self.types = {i.name: i.type for body in self.computations.values() for i in body}
+        self.matmul_flops_per_s, self.bytes_per_s = matmul_flops_per_s, bytes_per_s
 
     def dot_flops(self, instruction: Instruction) -> float:
         """2 x |result| x contracted size of a dot, a cuBLAS call (its backend config names the
@@ -121,31 +122,30 @@ class _Module:
             return array_bytes(full)
         return min(array_bytes(full), sum(array_bytes(i.type) for i in users if i.op != "dynamic-update-slice"))
 
-    def walk(self, name: str, times: int, matmul_flops_per_s: float, bytes_per_s: float, estimate: Estimate):
+    def walk(self, name: str, times: int, estimate: Estimate):
         for instruction in self.computations[name]:
             if instruction.op in FREE:
                 continue
             if instruction.op == "while":
                 trips = re.search(r'known_trip_count":\{"n":"(\d+)"', instruction.rest)
-                self.walk(instruction.attribute("body"), times * (int(trips.group(1)) if trips else 1),
-                          matmul_flops_per_s, bytes_per_s, estimate)
+                self.walk(instruction.attribute("body"), times * (int(trips.group(1)) if trips else 1), estimate)
                 continue
             if instruction.op in ("call", "conditional"):
                 for called in re.findall(r"(?:to_apply|branch_computations)=\{?%([\w.\-]+)", instruction.rest):
-                    self.walk(called, times, matmul_flops_per_s, bytes_per_s, estimate)
+                    self.walk(called, times, estimate)
                 continue
             matmul, attention = self.dot_flops(instruction), self.attention_flops(instruction)
             flops, moved = matmul + attention, self.bytes_moved(instruction)
             group = ("matmuls" if matmul else "attention (cuDNN)" if attention
                      else re.sub(r"[.\d]+$", "", instruction.name))
-            estimate.seconds[group] += times * max(flops / matmul_flops_per_s, moved / bytes_per_s)
+            estimate.seconds[group] += times * max(flops / self.matmul_flops_per_s, moved / self.bytes_per_s)
             estimate.flops += times * flops
             estimate.bytes += times * moved
 
 
 def estimate(hlo: str, matmul_flops_per_s: float, bytes_per_s: float) -> Estimate:
     """The roofline time of an optimized HLO module's text, by group of instructions."""
-    module = _Module(hlo)
+    module = _Module(hlo, matmul_flops_per_s, bytes_per_s)
     result = Estimate(collections.Counter(), 0.0, 0.0)
-    module.walk(module.entry, 1, matmul_flops_per_s, bytes_per_s, result)
+    module.walk(module.entry, 1, result)
     return result
