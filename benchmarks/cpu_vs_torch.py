@@ -9,7 +9,8 @@ projections as in our model). Steps alternate, one of each per round, after warm
 tokens/s of each and the median over rounds of the ratio (ours over PyTorch's, taken within a round
 so that the machine's drifts cancel) are printed as JSON with the CPU's model and flags. Needs
 `pip install torch` (not a dependency of the toolkit). `ATEN_CPU_CAPABILITY=avx2` and
-`XLA_FLAGS=--xla_cpu_max_isa=AVX2` reproduce an AVX2-only machine on one with AVX-512.
+`XLA_FLAGS=--xla_cpu_max_isa=AVX2` do not reproduce an AVX2-only machine on one with AVX-512: the
+XLA flag restricts the code XLA generates, not the matmul libraries it calls (README, Performance).
 """
 import argparse
 import json
