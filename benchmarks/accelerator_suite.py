@@ -1,7 +1,8 @@
 """The accelerator suite: python -m benchmarks.accelerator_suite [--out DIR] [--sections mfu,archs,context,kernel].
 
 One command that measures, on the current device, what only an accelerator shows, and writes
-<out>/suite.jsonl (one JSON object per measurement) and <out>/suite.md (the tables):
+<out>/suite.jsonl (one JSON object per measurement) and <out>/suite.md (the tables), both after every
+measurement, so that a run stopped at a time limit keeps whole tables of what it measured:
 
 - mfu: `gpt` in bfloat16 at ~125M, ~350M and ~760M parameters, context 1024 and 2048, at 64k tokens
   per batch, with remat and microbatches fitted to the device memory as the isoFLOP sweep fits them;
@@ -206,11 +207,14 @@ def main() -> None:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 print(json.dumps(row), flush=True)
+                _write_tables(rows, args.out)
             print(f"# {section}: {time.perf_counter() - start:.0f}s", flush=True)
-    table = markdown(rows)
-    with open(os.path.join(args.out, "suite.md"), "w") as f:
-        f.write(table)
-    print(table)
+    print(markdown(rows))
+
+
+def _write_tables(rows: list[dict], out: str) -> None:
+    with open(os.path.join(out, "suite.md"), "w") as f:
+        f.write(markdown(rows))
 
 
 if __name__ == "__main__":
