@@ -5,8 +5,9 @@ One command that measures, on the current device, what only an accelerator shows
 measurement, so that a run stopped at a time limit keeps whole tables of what it measured:
 
 - mfu: `gpt` in bfloat16 at ~125M, ~350M and ~760M parameters, context 1024 and 2048, at 64k tokens
-  per batch, with remat and microbatches fitted to the device memory as the isoFLOP sweep fits them;
-  the largest also with unrolled layers (`--noscan_layers`), whose cost a scan adds;
+  per batch, with remat and microbatches fitted to the device memory as the isoFLOP sweep fits them
+  and the platform's layers (unrolled on a GPU); the two largest also with the other layout, which
+  tells whether that default is right;
 - archs: the step time of every registered architecture over `gpt`'s at a ~350M shape, side by side
   (alternating steps), every one with full remat (the same setting for all);
 - context: `tnl` and `gpt` training tokens/s and compiled memory per device from 1k to 64k tokens
@@ -27,11 +28,12 @@ import jax
 import jax.numpy as jnp
 
 from scaling.benchmark import fit_for_timing, median_seconds, time_fits
-from scaling.config import MeshConfig
+from scaling.config import MeshConfig, ModelConfig
 from scaling.models.registry import ARCHITECTURES, model_config
 from scaling.models.tnl import layer_decays
 from scaling.nn.attention import causal_attention
 from scaling.nn.linear_attention import linear_attention
+from scaling.nn.stack import scans
 from scaling.shapes import d_ff_for
 from scaling.train import fitting
 from scaling.train.metrics import peak_tflops
@@ -52,7 +54,7 @@ class Profile:
     context_tokens: int
     kernel_shape: tuple[int, int, int]  # batch, heads, head dim
     kernel_lens: tuple[int, ...]
-    unrolled_sizes: tuple[str, ...] = ()  # mfu sizes also measured with unrolled layers
+    both_layouts: tuple[str, ...] = ()  # mfu sizes also measured with the layers the platform does not default to
     vocab_size: int = 32768
     steps: int = 5
     warmup: int = 2
@@ -63,14 +65,14 @@ FULL = Profile(
     seq_lens=(1024, 2048), tokens_per_batch=65536,
     arch_size="350M", arch_seq_len=1024, arch_batch=16,
     context_size=(1024, 12), context_lens=(1024, 4096, 16384, 32768, 65536), context_tokens=65536,
-    kernel_shape=(4, 32, 128), kernel_lens=(4096, 8192, 16384, 32768, 65536), unrolled_sizes=("760M",),
+    kernel_shape=(4, 32, 128), kernel_lens=(4096, 8192, 16384, 32768, 65536), both_layouts=("350M", "760M"),
 )
 TINY = Profile(
     sizes={"tiny": (64, 2)},
     seq_lens=(64,), tokens_per_batch=256,
     arch_size="tiny", arch_seq_len=64, arch_batch=8,
     context_size=(64, 2), context_lens=(128,), context_tokens=256,
-    kernel_shape=(1, 2, 16), kernel_lens=(128,), unrolled_sizes=("tiny",),
+    kernel_shape=(1, 2, 16), kernel_lens=(128,), both_layouts=("tiny",),
     vocab_size=256, steps=1, warmup=1,
 )
 
@@ -92,13 +94,15 @@ def _row(section: str, fit, result: dict, **extra) -> dict:
 
 
 def mfu(profile: Profile, memory):
+    default = scans(ModelConfig())
     for name, size in profile.sizes.items():
-        for scan_layers in (True, False) if name in profile.unrolled_sizes else (True,):
+        for scan_layers in (default, not default) if name in profile.both_layouts else (default,):
             for seq_len in profile.seq_lens:
                 model_cfg = shape(size, seq_len, profile.vocab_size, scan_layers=scan_layers)
                 fit = fit_for_timing(model_cfg, profile.tokens_per_batch // seq_len, MeshConfig(), memory)
                 result = time_fits([fit], steps=profile.steps, warmup=profile.warmup)[0]
-                yield _row("mfu", fit, result, size=name, layers="scanned" if scan_layers else "unrolled")
+                layers = ("scanned" if scan_layers else "unrolled") + (" (default)" if scan_layers == default else "")
+                yield _row("mfu", fit, result, size=name, layers=layers)
 
 
 def archs(profile: Profile, memory):

@@ -38,7 +38,7 @@ def _define(field: dataclasses.Field, help_text: str) -> None:
     name, default, choices = field.name, field.default, field.metadata["choices"]
     if choices:
         flags.DEFINE_enum(name, default, list(choices), help_text)
-    elif field.type is bool:
+    elif field.type in (bool, bool | None):
         flags.DEFINE_bool(name, default, help_text)
     elif field.type is int:
         flags.DEFINE(_Count(), name, default, help_text)

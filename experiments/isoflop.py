@@ -13,8 +13,9 @@ from absl import flags
 
 from experiments import cli
 from scaling import hardware, sweep
-from scaling.config import UsageError
+from scaling.config import ModelConfig, UsageError
 from scaling.models.registry import ARCHITECTURES
+from scaling.nn.stack import scans
 from scaling.train import fitting
 
 flags.DEFINE_float("budget", None, "Training FLOPs per run (e.g. 6e18).")
@@ -76,6 +77,13 @@ def planned_target() -> tuple | None:
     return accelerator, devices or jax.devices(), mfu
 
 
+def target_layers(model_cfg: ModelConfig, target: tuple | None) -> ModelConfig:
+    """The model with the layers the --target platform would choose, where fake CPU devices stand in for it."""
+    if target is None or target[1][0].platform != "cpu":
+        return model_cfg
+    return model_cfg.replace(scan_layers=scans(model_cfg, "gpu" if target[0].gpu else "tpu"))
+
+
 def planning_compiler(accelerator, devices) -> str:
     """Which compiler's memory analysis a --target plan rests on."""
     if devices[0].platform != "cpu":
@@ -94,7 +102,8 @@ def main(argv) -> None:
     unknown = [a for a in archs if a not in ARCHITECTURES]
     if not archs or unknown:
         raise UsageError("--archs", f"unknown {unknown or 'empty list'}; choose from {', '.join(ARCHITECTURES)}")
-    bases = [cli.model_config(arch) for arch in archs]
+    target = planned_target()
+    bases = [target_layers(cli.model_config(arch), target) for arch in archs]
     mesh_cfg = cli.mesh_config()
     batch_size = FLAGS.batch_size if cli.given("batch_size") else None
     learning_rate = FLAGS.learning_rate if cli.given("learning_rate") else None
@@ -102,7 +111,6 @@ def main(argv) -> None:
         raise UsageError("--lr_search", "searches the learning rate; drop --learning_rate or --lr_search")
     plan = sweep.plan_sweep(budgets(), bases, FLAGS.num_sizes, cli.train_config(), batch_size, learning_rate,
                             seeds=FLAGS.seeds, lr_search=FLAGS.lr_search)
-    target = planned_target()
     memory_gib = cli.device_memory_gib() or (hardware.usable_memory_gib(target[0]) if target else None)
     devices = target[1] if target else None
     sweep.check_mesh(plan, mesh_cfg, devices)
