@@ -1,20 +1,21 @@
-"""The accelerator suite: python -m benchmarks.accelerator_suite [--out DIR] [--sections mfu,archs,context,kernel].
+"""The accelerator suite: python -m benchmarks.accelerator_suite [--out DIR] [--sections mfu,kernel,context,archs].
 
 One command that measures, on the current device, what only an accelerator shows, and writes
 <out>/suite.jsonl (one JSON object per measurement) and <out>/suite.md (the tables), both after every
-measurement, so that a run stopped at a time limit keeps whole tables of what it measured:
+measurement, so that a run stopped at a time limit keeps whole tables of what it measured. The
+sections run in the order given, by default the one below (those that decide a default first):
 
 - mfu: `gpt` in bfloat16 at ~125M, ~350M and ~760M parameters, context 1024 and 2048, at 64k tokens
   per batch, with remat and microbatches fitted to the device memory as the isoFLOP sweep fits them
   and the platform's layers (unrolled on a GPU); the two largest also with the other layout, which
   tells whether that default is right;
-- archs: the step time of every registered architecture over `gpt`'s at a ~350M shape, side by side
-  (alternating steps), every one with full remat (the same setting for all);
-- context: `tnl` and `gpt` training tokens/s and compiled memory per device from 1k to 64k tokens
-  per sequence at the same tokens per batch (fitted to the device memory);
 - kernel: Lightning Attention's chunked form in XLA ops and its Pallas kernels (scaling/nn/linear_attention.py,
   lightning_kernel.py) against cuDNN flash attention where available, forward and forward+backward,
-  at 4k..64k tokens, batch 4, 32 heads of 128, bfloat16 (the Lightning Attention-2 paper's setting).
+  at 4k..64k tokens, batch 4, 32 heads of 128, bfloat16 (the Lightning Attention-2 paper's setting);
+- context: `tnl` and `gpt` training tokens/s and compiled memory per device from 1k to 64k tokens
+  per sequence at the same tokens per batch (fitted to the device memory);
+- archs: the step time of every registered architecture over `gpt`'s at a ~350M shape, side by side
+  (alternating steps), every one with full remat (the same setting for all).
 
 --tiny runs every section at toy sizes (the CPU test of tests/test_benchmarks.py), so it cannot rot.
 """
@@ -157,7 +158,7 @@ def kernel(profile: Profile, memory):
             yield row
 
 
-SECTIONS = {"mfu": mfu, "archs": archs, "context": context, "kernel": kernel}
+SECTIONS = {"mfu": mfu, "kernel": kernel, "context": context, "archs": archs}  # run in this order by default
 
 
 def _table(rows: list[dict], columns: tuple[str, ...]) -> list[str]:
