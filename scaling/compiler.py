@@ -4,9 +4,9 @@ XLA:CPU hands dots, reductions and elementwise fusions to YNNPACK by default (re
 is faster depends on the CPU (README, Performance; train steps side by side in one process): on an
 AVX2-only AMD EPYC the steps of gpt, ngpt, switch and mod ran 8-15% faster (tnl 3%) on XLA's own
 kernels (Eigen matmuls, its loop fusions), where YNNPACK's batched attention dots ran at 65-75% of
-Eigen's rate; on an AMD EPYC with AVX-512 (Zen 5) YNNPACK's were 2-8% faster for all five. So CPUs
-without AVX-512 get XLA's own kernels and the others XLA's default. Options this jaxlib does not
-know are left out.
+Eigen's rate; on an AMD EPYC with AVX-512 (Zen 5) YNNPACK's were 2-8% faster for all five. So x86
+CPUs with AVX2 and without AVX-512 get XLA's own kernels, and the others (AVX-512, or not measured,
+as Arm) XLA's default. Options this jaxlib does not know are left out.
 
 For compile-only GPUs (scaling/hardware.py, planning without a GPU) XLA:GPU cannot autotune the tiles
 of its Triton matmul fusions, and its untuned ones fail for some shapes ("Couldn't find output tile
@@ -29,7 +29,8 @@ def compiler_options(mesh: Mesh) -> dict:
     """The options for a step compiled over `mesh` ({} for real accelerators, or where XLA lacks them)."""
     device = mesh.devices.flat[0]
     if device.platform == "cpu":
-        xla_kernels = not hardware.cpu_description()["avx512f"] and _cpu_accepts_options()
+        cpu = hardware.cpu_description()
+        xla_kernels = cpu["avx2"] and not cpu["avx512f"] and _cpu_accepts_options()
         return dict(CPU_OPTIONS) if xla_kernels else {}
     if device.platform == "gpu" and device not in jax.devices():  # compile-only: no GPU to autotune on
         return dict(COMPILE_ONLY_GPU_OPTIONS)

@@ -93,9 +93,9 @@ def test_refuses_a_run_written_by_the_previous_layout(tiny_model, tiny_train, tm
 
 @pytest.mark.parametrize("avx512", [False, True])
 def test_cpu_steps_use_xla_kernels_where_the_cpu_lacks_avx512(avx512, monkeypatch, tiny_model, tiny_train):
-    """Without AVX-512 the train and eval steps compile without YNNPACK fusions (scaling/compiler.py),
-    which XLA:CPU emits for them by default and keeps where the CPU has AVX-512."""
-    monkeypatch.setattr(hardware, "cpu_description", lambda: {"avx512f": avx512})
+    """On an AVX2 CPU without AVX-512 the train and eval steps compile without YNNPACK fusions
+    (scaling/compiler.py), which XLA:CPU emits for them by default and keeps where the CPU has AVX-512."""
+    monkeypatch.setattr(hardware, "cpu_description", lambda: {"avx2": True, "avx512f": avx512})
     if not compiler._cpu_accepts_options():
         pytest.skip("this jaxlib has no YNNPACK fusions to turn off")
     run = Run(tiny_model, tiny_train, sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1]))
