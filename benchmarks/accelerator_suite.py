@@ -7,8 +7,8 @@ sections run in the order given, by default the one below (those that decide a d
 
 - mfu: `gpt` in bfloat16 at ~125M, ~350M and ~760M parameters, context 1024 and 2048, at 64k tokens
   per batch, with remat and microbatches fitted to the device memory as the isoFLOP sweep fits them
-  and the platform's layers (unrolled on a GPU); the two largest also with the other layout, which
-  tells whether that default is right;
+  and the platform's loop over the layers (unrolled on a GPU); the two largest also with the other,
+  which tells whether that default is right;
 - kernel: Lightning Attention's chunked form in XLA ops and its Pallas kernels (scaling/nn/linear_attention.py,
   lightning_kernel.py) against cuDNN flash attention where available, forward and forward+backward,
   at 4k..64k tokens, batch 4, 32 heads of 128, bfloat16 (the Lightning Attention-2 paper's setting);
@@ -34,7 +34,7 @@ from scaling.models.registry import ARCHITECTURES, model_config
 from scaling.models.tnl import layer_decays
 from scaling.nn.attention import causal_attention
 from scaling.nn.linear_attention import linear_attention
-from scaling.nn.stack import scans
+from scaling.nn.stack import unrolls
 from scaling.shapes import d_ff_for
 from scaling.train import fitting
 from scaling.train.metrics import peak_tflops
@@ -55,7 +55,7 @@ class Profile:
     context_tokens: int
     kernel_shape: tuple[int, int, int]  # batch, heads, head dim
     kernel_lens: tuple[int, ...]
-    both_layouts: tuple[str, ...] = ()  # mfu sizes also measured with the layers the platform does not default to
+    both_loops: tuple[str, ...] = ()  # mfu sizes also measured with the layer loop the platform does not default to
     vocab_size: int = 32768
     steps: int = 5
     warmup: int = 2
@@ -66,14 +66,14 @@ FULL = Profile(
     seq_lens=(1024, 2048), tokens_per_batch=65536,
     arch_size="350M", arch_seq_len=1024, arch_batch=16,
     context_size=(1024, 12), context_lens=(1024, 4096, 16384, 32768, 65536), context_tokens=65536,
-    kernel_shape=(4, 32, 128), kernel_lens=(4096, 8192, 16384, 32768, 65536), both_layouts=("350M", "760M"),
+    kernel_shape=(4, 32, 128), kernel_lens=(4096, 8192, 16384, 32768, 65536), both_loops=("350M", "760M"),
 )
 TINY = Profile(
     sizes={"tiny": (64, 2)},
     seq_lens=(64,), tokens_per_batch=256,
     arch_size="tiny", arch_seq_len=64, arch_batch=8,
     context_size=(64, 2), context_lens=(128,), context_tokens=256,
-    kernel_shape=(1, 2, 16), kernel_lens=(128,), both_layouts=("tiny",),
+    kernel_shape=(1, 2, 16), kernel_lens=(128,), both_loops=("tiny",),
     vocab_size=256, steps=1, warmup=1,
 )
 
@@ -95,14 +95,14 @@ def _row(section: str, fit, result: dict, **extra) -> dict:
 
 
 def mfu(profile: Profile, memory):
-    default = scans(ModelConfig())
+    default = unrolls(ModelConfig())
     for name, size in profile.sizes.items():
-        for scan_layers in (default, not default) if name in profile.both_layouts else (default,):
+        for unroll in (default, not default) if name in profile.both_loops else (default,):
             for seq_len in profile.seq_lens:
-                model_cfg = shape(size, seq_len, profile.vocab_size, scan_layers=scan_layers)
+                model_cfg = shape(size, seq_len, profile.vocab_size, unroll_layers=unroll)
                 fit = fit_for_timing(model_cfg, profile.tokens_per_batch // seq_len, MeshConfig(), memory)
                 result = time_fits([fit], steps=profile.steps, warmup=profile.warmup)[0]
-                layers = ("scanned" if scan_layers else "unrolled") + (" (default)" if scan_layers == default else "")
+                layers = ("unrolled" if unroll else "looped") + (" (default)" if unroll == default else "")
                 yield _row("mfu", fit, result, size=name, layers=layers)
 
 

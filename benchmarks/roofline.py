@@ -1,6 +1,6 @@
 """Where a GPU's train step spends its time, estimated without the GPU:
 
-    python -m benchmarks.roofline --target h100 [--size 760M --seq_len 2048 --layers scanned]
+    python -m benchmarks.roofline --target h100 [--size 760M --seq_len 2048 --layers looped]
 
 Fits `gpt` at one of the accelerator suite's sizes (benchmarks/accelerator_suite.py, 64k tokens per
 batch) to one device's usable memory as the sweep would, compiles its train step with XLA:GPU for a
@@ -21,7 +21,8 @@ def main() -> None:
     parser.add_argument("--target", default="h100", choices=[n for n, a in hardware.ACCELERATORS.items() if a.gpu])
     parser.add_argument("--size", default="760M", choices=list(FULL.sizes))
     parser.add_argument("--seq_len", type=int, default=2048)
-    parser.add_argument("--layers", choices=("scanned", "unrolled"), help="Default: a GPU's, unrolled.")
+    parser.add_argument("--layers", choices=("looped", "unrolled"), help="The scan over the layers (default: a "
+                                                                       "GPU's, unrolled).")
     parser.add_argument("--matmul_efficiency", type=float, default=0.7, help="Matmul rate as a share of the peak.")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
@@ -31,15 +32,15 @@ def main() -> None:
         print("error: --target needs jax's CUDA plugin: pip install 'jax-cuda12-plugin[with-cuda]' (the jax version) "
               "and, on a host without a GPU, export JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1", file=sys.stderr)
         sys.exit(2)
-    scan_layers = None if args.layers is None else args.layers == "scanned"
-    model_cfg = shape(FULL.sizes[args.size], args.seq_len, FULL.vocab_size, scan_layers=scan_layers)
+    unroll = None if args.layers is None else args.layers == "unrolled"
+    model_cfg = shape(FULL.sizes[args.size], args.seq_len, FULL.vocab_size, unroll_layers=unroll)
     memory = int(hardware.usable_memory_gib(accelerator) * 2**30)
     fit = fit_for_timing(model_cfg, FULL.tokens_per_batch // args.seq_len, MeshConfig(), memory, devices=devices)
     run = fit.run
     matmul_rate = args.matmul_efficiency * accelerator.peak_tflops * 1e12
     found = roofline.estimate(run.compiled_train_step.as_text(), matmul_rate, accelerator.gpu.memory_bandwidth)
     model_flops = run.arch.counts(run.model_cfg).flops_per_token * FULL.tokens_per_batch
-    print(f"gpt {args.size}, context {args.seq_len}, {'scanned' if run.model_cfg.scan_layers else 'unrolled'} layers, "
+    print(f"gpt {args.size}, context {args.seq_len}, {'unrolled' if run.model_cfg.unroll_layers else 'looped'} layers, "
           f"remat {run.model_cfg.remat}, {run.train_cfg.microbatches} microbatch(es), {fit.gib_per_device:.1f} GiB "
           f"on one compile-only {accelerator.gpu.description}")
     bound = model_flops / found.total_s / (accelerator.peak_tflops * 1e12)

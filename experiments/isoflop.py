@@ -15,7 +15,7 @@ from experiments import cli
 from scaling import hardware, sweep
 from scaling.config import ModelConfig, UsageError
 from scaling.models.registry import ARCHITECTURES
-from scaling.nn.stack import scans
+from scaling.nn.stack import unrolls
 from scaling.train import fitting
 
 flags.DEFINE_float("budget", None, "Training FLOPs per run (e.g. 6e18).")
@@ -78,10 +78,10 @@ def planned_target() -> tuple | None:
 
 
 def target_layers(model_cfg: ModelConfig, target: tuple | None) -> ModelConfig:
-    """The model with the layers the --target platform would choose, where fake CPU devices stand in for it."""
+    """The model with the layer loop the --target platform would choose, where fake CPU devices stand in for it."""
     if target is None or target[1][0].platform != "cpu":
         return model_cfg
-    return model_cfg.replace(scan_layers=scans(model_cfg, "gpu" if target[0].gpu else "tpu"))
+    return model_cfg.replace(unroll_layers=unrolls(model_cfg, "gpu" if target[0].gpu else "tpu"))
 
 
 def planning_compiler(accelerator, devices) -> str:

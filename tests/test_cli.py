@@ -84,7 +84,7 @@ def test_isoflop_dry_run_prints_an_estimated_plan(tmp_path):
 def test_bench_json_reports_throughput_and_the_ratio_to_the_first_arch():
     result = run("experiments.bench", "--arch", "gpt,switch", "--moe_every", "1", "--num_experts", "4",
                  "--group_size", "32", "--d_model", "64", "--n_layers", "1", "--n_heads", "1", "--seq_len", "32",
-                 "--batch_size", "4", "--steps", "2", "--warmup", "1", "--noscan_layers", "--json")
+                 "--batch_size", "4", "--steps", "2", "--warmup", "1", "--unroll_layers", "--json")
     assert result.returncode == 0, result.stderr
     gpt, switch = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
     assert gpt["arch"] == "gpt" and gpt["tokens_per_s"] > 0 and gpt["tflops_per_device"] > 0 and gpt["mfu"] is None

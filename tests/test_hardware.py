@@ -37,12 +37,12 @@ def fitted_step(cfg, devices):
 @pytest.mark.parametrize("remat, forwards", [("none", 1), ("full", 2)])
 def test_a_step_compiled_for_a_gpu_it_does_not_have_runs_cudnn_attention(tiny_model, remat, forwards):
     """The attention follows the devices compiled for, not this host: cuDNN's flash attention, whose
-    forward the scanned blocks keep for the backward pass unless remat full recomputes it. Layers
-    left to the platform unroll there."""
+    forward the scanned blocks keep for the backward pass unless remat full recomputes it. The scan
+    over the layers is unrolled there unless told."""
     devices = hardware.compile_only_devices(H100, 8)
     assert len(devices) == 8 and devices[0].device_kind == "NVIDIA H100 80GB HBM3"
-    assert fitted_step(tiny_model, devices).run.model_cfg.scan_layers is False
-    fitted = fitted_step(dataclasses.replace(tiny_model, dtype="bfloat16", remat=remat, scan_layers=True), devices)
+    assert fitted_step(tiny_model, devices).run.model_cfg.unroll_layers is True
+    fitted = fitted_step(dataclasses.replace(tiny_model, dtype="bfloat16", remat=remat, unroll_layers=False), devices)
     assert 0 < fitted.bytes_per_device < GIB
     hlo = fitted.run.compiled_train_step.as_text()
     assert hlo.count('custom_call_target="__cudnn$fmhaSoftmax"') == forwards

@@ -62,7 +62,8 @@ def test_sharded_losses_equal_single_device(tiny_model, single_device, mesh):
     assert sharding.shard_shapes(mu) == {(d, tiny_model.vocab_size // mesh[1])}
 
 
-@pytest.mark.parametrize("change", [dict(remat="full"), dict(remat="dots")], ids=["remat", "dots"])
+@pytest.mark.parametrize("change", [dict(remat="full"), dict(remat="dots"), dict(unroll_layers=True)],
+                         ids=["remat", "dots", "unrolled"])
 def test_layer_options_do_not_change_the_math(tiny_model, single_device, change):
     expected, _ = single_device(tiny_model)
     losses, _ = train_on_mesh(dataclasses.replace(tiny_model, **change), MeshConfig(data=1), jax.devices()[:1])

@@ -59,18 +59,19 @@ def test_metrics_files_and_checkpoint_retention(tiny_model, tiny_train, tmp_path
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["6", "8"]
     config = json.load(open(os.path.join(run_dir, "config.json")))
     assert config["data_fingerprint"]["name"] == "synthetic" and "versions" in config
-    assert tiny_model.scan_layers is None and config["model"]["scan_layers"] is True  # the CPU's default, resolved
+    assert tiny_model.unroll_layers is None and config["model"]["unroll_layers"] is False  # the CPU's, resolved
     assert config["hardware"].startswith(f"{jax.device_count()} x cpu (") and "AVX-512" in config["hardware"]
     # A finished run is not trained again.
     assert train(tiny_model, tiny_train, MeshConfig(), run_dir) == json.load(open(os.path.join(run_dir, "summary.json")))
 
 
-def test_a_run_resumes_in_the_layer_layout_it_started_with(tiny_model, tiny_train, tmp_path):
-    """A run begun with unrolled layers (a GPU's default) resumes unrolled where the default scans."""
+def test_a_run_begun_with_the_layer_loop_unrolled_resumes_where_it_is_not(tiny_model, tiny_train, tmp_path):
+    """Unrolling the scan over the layers (a GPU's default) fits a run to its devices, like remat: a run
+    begun so resumes on a CPU, whose default loops."""
     run_dir = str(tmp_path / "run")
-    train(dataclasses.replace(tiny_model, scan_layers=False), tiny_train, MeshConfig(), run_dir, max_steps=2)
+    train(dataclasses.replace(tiny_model, unroll_layers=True), tiny_train, MeshConfig(), run_dir, max_steps=2)
     assert train(tiny_model, tiny_train, MeshConfig(), run_dir)["complete"]
-    assert json.load(open(os.path.join(run_dir, "config.json")))["model"]["scan_layers"] is False
+    assert json.load(open(os.path.join(run_dir, "config.json")))["model"]["unroll_layers"] is False
 
 
 def test_refuses_a_workdir_holding_another_run(tiny_model, tiny_train, tmp_path):

@@ -17,7 +17,7 @@ from scaling.nn.attention import CausalSelfAttention
 from scaling.nn.lm import LanguageModel
 from scaling.nn.moe import MoEOptions, SwitchFFN, capacity
 from scaling.nn.norms import RMSNorm
-from scaling.nn.stack import Context, layer_params, scans, stack_params
+from scaling.nn.stack import Context, layer_params, stack_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,5 +106,5 @@ def dense_student_params(teacher_cfg: ModelConfig, teacher, student_cfg: ModelCo
     layers = zip(layer_params(student["blocks"], student_cfg.n_layers, 1),
                  layer_params(teacher["blocks"], teacher_cfg.n_layers, teacher_cfg.options.moe_every))
     merged = [{**own, **{name: value for name, value in taught.items() if name != "moe"}} for own, taught in layers]
-    blocks = stack_params(merged, 1, scanned=scans(student_cfg))
+    blocks = stack_params(merged, 1, scanned=student_cfg.scan_layers)
     return {**student, **{name: teacher[name] for name in ("embed", "head", "final_norm")}, "blocks": blocks}

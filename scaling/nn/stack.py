@@ -2,8 +2,9 @@
 
 A stack of n_layers blocks is `prefix` (blocks applied once, first) followed by `pattern` repeated:
 layer l >= len(prefix) is pattern[(l - len(prefix)) % len(pattern)]. With `scan_layers` the repeats
-are one `nn.scan` over a 'layers' axis (the pattern compiles once); the last (n_layers - len(prefix))
-% len(pattern) layers, a `tail` that takes the first blocks of the pattern, run after it, unrolled.
+are one `nn.scan` over a 'layers' axis, looped (the pattern compiles once) or unrolled (`unrolls`);
+the last (n_layers - len(prefix)) % len(pattern) layers, a `tail` that takes the first blocks of the
+pattern, run after it, unrolled.
 The scan carries every collection a block uses: params, sown aux losses and metrics, and the decoding
 cache, so a model decodes on its trained (scanned) parameters as they are.
 
@@ -92,13 +93,14 @@ class Stack(nn.Module):
             x, _ = period((block,), *mode, name=f"prefix_{i}")(x, positions, i)
         first = len(self.prefix)
         repeats, tail = divmod(cfg.n_layers - first, len(self.pattern))
-        if scans(cfg) and repeats:
+        if cfg.scan_layers and repeats:
             scanned = nn.scan(
                 period,
                 variable_axes={"params": 0, "aux_loss": 0, "metrics": 0, "cache": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, 0),
                 length=repeats,
+                unroll=repeats if unrolls(cfg) else 1,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             layers = first + len(self.pattern) * jnp.arange(repeats)
@@ -122,24 +124,25 @@ def _remat(cfg: ModelConfig):
     XLA sees the whole graph and places every intermediate itself.
     """
     remat = "none" if cfg.remat == "auto" else cfg.remat  # auto is chosen by scaling/train/fitting.py
-    if remat == "none" and not scans(cfg):
+    if remat == "none" and not cfg.scan_layers:
         return _Period
-    return nn.remat(_Period, policy=REMAT_POLICIES[remat], prevent_cse=not scans(cfg))
+    return nn.remat(_Period, policy=REMAT_POLICIES[remat], prevent_cse=not cfg.scan_layers)
 
 
-def scans(cfg: ModelConfig, platform: str | None = None) -> bool:
-    """Whether the stack scans its layers: `cfg.scan_layers`, or where that is None (the default) whether
-    `platform` (default: jax's default backend; a Run passes its devices') is not a GPU.
+def unrolls(cfg: ModelConfig, platform: str | None = None) -> bool:
+    """Whether the scan over the layers is unrolled: `cfg.unroll_layers`, or where that is None (the
+    default) whether `platform` (default: jax's default backend; a Run passes its devices') is a GPU.
 
-    On a GPU a scanned step moves ~30% more bytes than an unrolled one: each layer's saved activations
-    are copied into stacked buffers that are zero-filled first and sliced again in the backward pass
-    (README, Performance: XLA:GPU's plan at the roofline, 14-19% of the step; MaxText's GPU configs
-    unroll too). Elsewhere scanning keeps compile time flat in depth; on the CPUs measured it cost 0-5%
-    of the step (TPUs are not measured; MaxText scans there).
+    The parameters keep their stacked layout either way. Looped, a GPU step moves ~30% more bytes:
+    each layer's saved activations are copied into stacked buffers that are zero-filled first and
+    sliced again in the backward pass (README, Performance: XLA:GPU's plan at the roofline, 14-19% of
+    the step; unrolled, it equals that of separate layers; MaxText's GPU configs unroll too).
+    Elsewhere the loop keeps compile time flat in depth; on the CPUs measured, separate layers were
+    0-5% faster (TPUs are not measured; MaxText loops there).
     """
-    if cfg.scan_layers is not None:
-        return cfg.scan_layers
-    return (platform or jax.default_backend()) != "gpu"
+    if cfg.unroll_layers is not None:
+        return cfg.unroll_layers
+    return (platform or jax.default_backend()) == "gpu"
 
 
 def layer_params(blocks: dict, n_layers: int, period: int, prefix: int = 0) -> list[dict]:

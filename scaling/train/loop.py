@@ -64,7 +64,7 @@ def _versions() -> dict:
 
 
 # Settings that fit a run to its devices: they may change when it resumes elsewhere; the math does not.
-FITTED = {"model": ("remat",), "train": ("microbatches",)}
+FITTED = {"model": ("remat", "unroll_layers"), "train": ("microbatches",)}
 
 
 def _comparable(config: dict) -> dict:
@@ -184,9 +184,6 @@ def train(
     """
     name = os.path.basename(os.path.normpath(str(run_dir)))
     cache_dir = cache_dir or default_cache_dir(run_dir)
-    existing = read_config(run_dir)
-    if existing and model_cfg.scan_layers is None:  # resumed on another platform, it keeps its parameter layout
-        model_cfg = dataclasses.replace(model_cfg, scan_layers=existing["model"]["scan_layers"])
     base = Run(model_cfg, train_cfg, sharding.make_mesh(mesh_cfg), loss=loss, cache_dir=cache_dir)
     base.check_data()
     _check_config(run_dir, run_config(base, mesh_cfg, extra_config))

@@ -15,7 +15,7 @@ from scaling import data, sharding
 from scaling.compiler import compiler_options
 from scaling.config import ModelConfig, TrainConfig, UsageError
 from scaling.models.registry import get_architecture
-from scaling.nn.stack import scans
+from scaling.nn.stack import unrolls
 from scaling.train import checkpoints
 from scaling.train.state import abstract_state, create_state
 from scaling.train.steps import LMLoss, Loss, make_eval_step, make_train_step
@@ -28,15 +28,15 @@ class Run:
     `cache_dir` keeps trained tokenizers and tokenised data (scaling/data/sources.py).
     Configs are validated and the mesh is checked on construction (UsageError on bad input). Settings
     left to fit the device memory resolve here to none (remat auto) and one microbatch (0);
-    scaling/train/fitting.py chooses them against a device's memory instead. Layers left to the
-    platform (scan_layers None) resolve to the mesh devices' (scaling/nn/stack.py `scans`).
+    scaling/train/fitting.py chooses them against a device's memory instead. The scan over the layers
+    is unrolled or not as the mesh's platform prefers unless told (scaling/nn/stack.py `unrolls`).
     """
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, mesh: Mesh, *, loss: Loss | None = None,
                  total_steps: int | None = None, cache_dir: str | None = None):
         if model_cfg.remat == "auto":
             model_cfg = dataclasses.replace(model_cfg, remat="none")
-        model_cfg = dataclasses.replace(model_cfg, scan_layers=scans(model_cfg, mesh.devices.flat[0].platform))
+        model_cfg = dataclasses.replace(model_cfg, unroll_layers=unrolls(model_cfg, mesh.devices.flat[0].platform))
         train_cfg = dataclasses.replace(train_cfg, microbatches=train_cfg.microbatches or 1)
         self.model_cfg = model_cfg.validate()
         self.train_cfg = train_cfg.validate(model_cfg.seq_len)
