@@ -50,6 +50,16 @@ def test_a_step_compiled_for_a_gpu_it_does_not_have_runs_cudnn_attention(tiny_mo
 
 
 @needs_cuda_plugin
+def test_remat_saves_memory_in_the_unrolled_layer_scan_of_a_gpu(tiny_model):
+    """Unrolled (a GPU's default), only remat's barriers keep XLA from merging the recomputation back
+    into the forward pass."""
+    devices = hardware.compile_only_devices(H100, 1)
+    temporary = [fitted_step(dataclasses.replace(tiny_model, dtype="bfloat16", remat=remat), devices)
+                 .run.compiled_train_step.memory_analysis().temp_size_in_bytes for remat in ("full", "none")]
+    assert temporary[0] < temporary[1]
+
+
+@needs_cuda_plugin
 def test_expert_parallel_switch_compiles_for_gpus_it_does_not_have():
     """Without a GPU to autotune on, XLA:GPU's untuned Triton matmul tiles fail for these expert
     matmuls ("Couldn't find output tile sizes"); compile-only GPU steps use cuBLAS' (scaling/compiler.py)."""
