@@ -80,7 +80,7 @@ class ModelConfig:
     unroll_layers: bool | None = option(None, "Unroll the scan over the layers: XLA then sees every layer (faster "
                                               "steps on GPUs, compile time growing with depth); default: on GPUs, "
                                               "where a looped step moves ~30% more bytes (README, Performance).")
-    remat: str = option("auto", "What a block keeps for the backward pass: none (every matmul output; separate "
+    remat: str = option("auto", "What a block keeps for the backward pass: none (every matmul output; unrolled "
                                 "layers, everything), dots (the weight matmuls' outputs), full (its input); auto: the "
                                 "cheapest that fits the device memory (none where it is unknown).", REMAT_POLICIES)
     init_std: float = option(0.02, "Standard deviation of the normal weight initialisation.")

@@ -3,6 +3,7 @@ device, the best MFU this toolkit has measured on each (None where it has not ru
 compile-only devices: what XLA compiles for without having them (a GPU's description for XLA:GPU, a
 TPU slice's torus for libtpu)."""
 import dataclasses
+import functools
 import os
 import platform
 
@@ -134,6 +135,7 @@ def _slice_shape(chips: int, dims: int) -> str:
     return "x".join(str(side) for side in sorted(sides, key=lambda side: (side == 1, side)))
 
 
+@functools.cache
 def cpu_description() -> dict:
     """The host CPU's model name and the instruction sets that decide XLA:CPU's kernels."""
     info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
