@@ -103,8 +103,8 @@ def _report(teacher: Run, baseline: Run, student_loss: float, workdir: str, base
             return json.load(f)
     # The teacher's data and eval batches for all three.
     same_batches = Run(baseline.model_cfg, teacher.train_cfg, baseline.mesh)
-    losses = {"student": student_loss, "teacher": Evaluator(teacher)(teacher.params),
-              "baseline": Evaluator(same_batches)(baseline.params)}
+    losses = {"student": student_loss, "teacher": Evaluator(teacher)(teacher.params)["eval_loss"],
+              "baseline": Evaluator(same_batches)(baseline.params)["eval_loss"]}
     gain = losses["baseline"] - losses["teacher"]
     report = {
         **{f"{name}_eval_loss": loss for name, loss in losses.items()},

@@ -25,8 +25,10 @@ flags.DEFINE_integer("seeds", 1, "Train every point with this many seeds (data o
                                  "use the mean, tables and plots the spread.")
 flags.DEFINE_integer("lr_search", 0, "Tune each architecture's learning rate on a K-point grid (K >= 3) at a "
                                      "calibration size first (0: Kaplan et al.'s rule).")
-flags.DEFINE_enum("fit_metric", "eval_loss", ["eval_loss", "eval_bpb"],
-                  "What the parabolas fit: final eval loss (nats per token) or bits per byte.")
+flags.DEFINE_enum("fit_metric", "eval_loss", ["eval_loss", "eval_causal_loss", "eval_bpb"],
+                  "What the parabolas fit: final eval loss (nats per token), the same of the pass sampling "
+                  "takes (differs only where training routes by later tokens: mod, staged mode), or bits "
+                  "per byte.")
 flags.DEFINE_string("archs", "gpt", "Comma-separated architectures, one isoFLOP curve each.")
 flags.DEFINE_integer("num_sizes", 7, "Model sizes per architecture, evenly spaced in log N.")
 flags.DEFINE_bool("dry_run", False, "Print the plan and its estimated wall time; train nothing.")

@@ -32,7 +32,8 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--out", help="write the markdown to this file instead of stdout")
     parser.add_argument("--resamples", type=int, default=analysis.RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
-    parser.add_argument("--metric", default=analysis.LOSS_KEY, choices=(analysis.LOSS_KEY, "final_eval_bpb"),
+    parser.add_argument("--metric", default=analysis.LOSS_KEY,
+                        choices=(analysis.LOSS_KEY, "final_eval_causal_loss", "final_eval_bpb"),
                         help="the results field fitted")
     args = parser.parse_args(argv)
     if args.resamples < 0:

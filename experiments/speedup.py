@@ -2,7 +2,9 @@
 
 Trains the baseline and the variant on the same data, token budget, mesh and eval batches, with
 frequent evals; with --lr_sweep (the default) each side trains once per learning rate of the same
-grid and the best of each (lowest final eval loss) is compared. Writes <workdir>/curves.json (both
+grid and the best of each (lowest final eval loss) is compared. --metric eval_causal_loss compares
+the loss of the pass sampling takes instead (it differs only where training routes a token by later
+ones: mod, staged mode; the other side's eval loss is that already). Writes <workdir>/curves.json (both
 curves, speedup vs steps and vs wall time = steps x the step time measured side by side, the sweep) and speedup.png.
 Every run lives in <workdir>/runs/<arch>-lr<lr>/; re-running the same command resumes.
 The model is given as for experiments.train (--size or --d_model ...); --arch is not used.
@@ -12,6 +14,7 @@ import math
 import os
 
 import jax
+import numpy as np
 from absl import flags
 
 from experiments import cli
@@ -25,6 +28,11 @@ flags.DEFINE_string("variant", "ngpt", "Architecture compared against the baseli
 flags.DEFINE_bool("lr_sweep", True, "Sweep --sweep_lrs for both sides and compare the best of each "
                                     "(--nolr_sweep: both use --learning_rate).")
 flags.DEFINE_string("sweep_lrs", "1e-3,3e-3,1e-2,3e-2", "Comma-separated peak learning rates, the same for both sides.")
+flags.DEFINE_integer("seeds", 1, "Train each side at each learning rate with this many seeds (--seed, --seed + 1, "
+                                 "...: initialisation and data order, shared by the sides); the mean curves are "
+                                 "compared, and the report gives each side's spread and the difference per seed.")
+flags.DEFINE_enum("metric", "eval_loss", ["eval_loss", "eval_causal_loss"],
+                  "The eval loss compared: of the training pass, or of the pass sampling takes.")
 flags.DEFINE_float("smooth", 0.2, "EMA weight smoothing both eval-loss curves before matching (then running min).")
 flags.DEFINE_integer("timing_rounds", 3, "Rounds of 5 timed steps per model, the models alternating (median of each).")
 cli.define_model_flags()
@@ -60,8 +68,16 @@ def learning_rates() -> list[float]:
     return lrs
 
 
+def seeds() -> list[int]:
+    """--seed, --seed + 1, ... (--seeds of them)."""
+    if FLAGS.seeds < 1:
+        raise UsageError("--seeds", f"must be at least 1, got {FLAGS.seeds}")
+    return [FLAGS.seed + i for i in range(FLAGS.seeds)]
+
+
 def plan_runs(names, lrs, mesh_cfg) -> dict[str, list[tuple]]:
-    """{arch: [(model_cfg, train_cfg)] per learning rate}, every config validated before anything runs."""
+    """{arch: [(model_cfg, train_cfg)] per learning rate and seed}, every config validated before anything
+    runs."""
     probe = cli.model_config(names[0])
     steps = cli.train_config().validate(probe.seq_len).steps(probe.seq_len)
     eval_every = FLAGS.eval_every or max(1, steps // EVALS_PER_RUN)
@@ -73,30 +89,42 @@ def plan_runs(names, lrs, mesh_cfg) -> dict[str, list[tuple]]:
     for name in names:
         model_cfg = cli.model_config(name)
         ARCHITECTURES[name].check_fits(mesh, model_cfg, FLAGS.batch_size)
-        runs[name] = [(model_cfg, cli.train_config(learning_rate=lr, eval_every=eval_every).validate(model_cfg.seq_len))
-                      for lr in lrs]
+        runs[name] = [(model_cfg, cli.train_config(learning_rate=lr, eval_every=eval_every, seed=seed)
+                       .validate(model_cfg.seq_len)) for lr in lrs for seed in seeds()]
     return runs
 
 
+def _finite(loss: float | None) -> float:
+    """A final loss, infinite where the run diverged (or, for a causal loss, ended before the toolkit
+    recorded it)."""
+    return loss if loss is not None and math.isfinite(loss) else math.inf
+
+
+def run_name(arch: str, train_cfg) -> str:
+    """<arch>-lr<lr>, with -seed<seed> for seeds other than 0."""
+    return f"{arch}-lr{train_cfg.learning_rate:g}" + (f"-seed{train_cfg.seed}" if train_cfg.seed else "")
+
+
 def run_side(runs, workdir, mesh_cfg) -> dict:
-    """Trains (or resumes) every learning rate of one side; returns the best run and the sweep.
+    """Trains (or resumes) every learning rate and seed of one side; returns the best learning rate (the
+    lowest mean final loss over the seeds) with its runs, and the sweep of mean losses.
 
     "best_at_grid_edge" flags a best learning rate at either end of a sweep: widen the grid.
     """
-    sweep, best = {}, None
+    by_lr = {}
     for model_cfg, train_cfg in runs:
-        run_dir = os.path.join(workdir, "runs", f"{model_cfg.arch}-lr{train_cfg.learning_rate:g}")
+        run_dir = os.path.join(workdir, "runs", run_name(model_cfg.arch, train_cfg))
         summary = train(model_cfg, train_cfg, mesh_cfg, run_dir)
-        loss = summary["final_eval_loss"]
-        loss = loss if loss is not None and math.isfinite(loss) else math.inf
-        sweep[f"{train_cfg.learning_rate:g}"] = loss
-        if best is None or loss < best["final_eval_loss"]:
-            best = {"arch": model_cfg.arch, "learning_rate": train_cfg.learning_rate, "run_dir": run_dir,
-                    "final_eval_loss": loss, "params": summary["params"], "wall_s": summary["wall_s"],
-                    "model": model_cfg}
-    lrs = [train_cfg.learning_rate for _, train_cfg in runs]
-    edge = len(lrs) > 1 and best["learning_rate"] in (min(lrs), max(lrs))
-    return {**best, "sweep": sweep, "best_at_grid_edge": edge}
+        losses = {f"final_{key}": _finite(summary[f"final_{key}"]) for key in ("eval_loss", "eval_causal_loss")}
+        by_lr.setdefault(train_cfg.learning_rate, []).append({"seed": train_cfg.seed, "run_dir": run_dir, **losses})
+    mean = lambda rows, key: float(np.mean([row[key] for row in rows]))
+    sweep = {f"{lr:g}": mean(rows, f"final_{FLAGS.metric}") for lr, rows in by_lr.items()}
+    best_lr = min(by_lr, key=lambda lr: sweep[f"{lr:g}"])
+    rows, model_cfg = by_lr[best_lr], runs[0][0]
+    edge = len(by_lr) > 1 and best_lr in (min(by_lr), max(by_lr))
+    return {"arch": model_cfg.arch, "learning_rate": best_lr, "run_dir": rows[0]["run_dir"],
+            **{key: mean(rows, key) for key in ("final_eval_loss", "final_eval_causal_loss")}, "seeds": rows,
+            "params": ARCHITECTURES[model_cfg.arch].counts(model_cfg).params, "model": model_cfg, "sweep": sweep, "best_at_grid_edge": edge}
 
 
 def step_times(model_cfgs, mesh_cfg) -> list[float]:
@@ -111,7 +139,8 @@ def report(base, var, mesh_cfg) -> dict:
     Wall time is steps x the step time measured side by side here (steady state: no compilation,
     no evals, and the same machine load for both), not the runs' own clocks, which other jobs disturb.
     """
-    (bx, by), (vx, vy) = (analysis.eval_curve(analysis.load_metrics(side["run_dir"])) for side in (base, var))
+    (bx, by), (vx, vy) = (analysis.mean_eval_curve([analysis.load_metrics(run["run_dir"]) for run in side["seeds"]],
+                                                   loss_key=FLAGS.metric) for side in (base, var))
     base_s, var_s = step_times([base.pop("model"), var.pop("model")], mesh_cfg)
     curves = {"steps": analysis.speedup_curve(bx, by, vx, vy, smooth=FLAGS.smooth),
               "wall": analysis.speedup_curve(bx * base_s, by, vx * var_s, vy, smooth=FLAGS.smooth)}
@@ -121,13 +150,24 @@ def report(base, var, mesh_cfg) -> dict:
     return {
         "setup": {"tokens": train_cfg.tokens, "batch_size": train_cfg.batch_size, "seq_len": seq_len, "steps": steps,
                   "eval_every": FLAGS.eval_every or max(1, steps // EVALS_PER_RUN), "eval_batches": FLAGS.eval_batches,
-                  "data": FLAGS.data, "mesh": FLAGS.mesh, "smooth": FLAGS.smooth, "devices": jax.device_count()},
+                  "data": FLAGS.data, "mesh": FLAGS.mesh, "smooth": FLAGS.smooth, "devices": jax.device_count(),
+                  "metric": FLAGS.metric, "seeds": seeds()},
         "baseline": base,
         "variant": var,
         "per_step_time": {"baseline_s": base_s, "variant_s": var_s, "overhead": var_s / base_s - 1.0},
+        "difference": paired_difference(base["seeds"], var["seeds"]),
         **curves,
         "summary": {key: analysis.summarize_speedup(curves[key]) for key in ("steps", "wall")},
     }
+
+
+def paired_difference(base_seeds: list[dict], var_seeds: list[dict]) -> dict:
+    """Variant minus baseline final loss (--metric) per seed (the same initialisation seed and data order
+    on both sides), with its mean and sample standard deviation."""
+    key = f"final_{FLAGS.metric}"
+    per_seed = [v[key] - b[key] for b, v in zip(base_seeds, var_seeds)]
+    return {"metric": key, "seeds": [b["seed"] for b in base_seeds], "per_seed": per_seed,
+            "mean": float(np.mean(per_seed)), "std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None}
 
 
 def main(argv) -> None:

@@ -74,11 +74,22 @@ def load_curves(workdir) -> dict:
     return json.loads((epath.Path(workdir) / "curves.json").read_text())
 
 
-def eval_curve(metrics, x_key: str = "step") -> tuple[np.ndarray, np.ndarray]:
-    """(x, eval_loss) at the eval steps of a run's metrics; x_key "wall_s" gives wall-clock seconds."""
-    rows = [m for m in metrics if m.get("eval_loss") is not None and m.get(x_key) is not None]
+def eval_curve(metrics, x_key: str = "step", loss_key: str = "eval_loss") -> tuple[np.ndarray, np.ndarray]:
+    """(x, loss) at the eval steps of a run's metrics; x_key "wall_s" gives wall-clock seconds.
+    loss_key "eval_causal_loss" (the pass sampling takes) falls back to eval_loss in a run that does not
+    log it: its training pass looks at no later token, so its eval pass is that pass."""
+    loss_key = loss_key if any(loss_key in m for m in metrics) else "eval_loss"
+    rows = [m for m in metrics if m.get(loss_key) is not None and m.get(x_key) is not None]
     return (np.array([m[x_key] for m in rows], dtype=float),
-            np.array([m["eval_loss"] for m in rows], dtype=float))
+            np.array([m[loss_key] for m in rows], dtype=float))
+
+
+def mean_eval_curve(runs_metrics, loss_key: str = "eval_loss") -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean loss): `eval_curve` averaged over several runs (seeds) at the steps every run
+    evaluated (a diverged seed's stops the curve where it stopped)."""
+    curves = [dict(zip(*eval_curve(metrics, "step", loss_key))) for metrics in runs_metrics]
+    xs = sorted(set.intersection(*(set(curve) for curve in curves)))
+    return np.array(xs, dtype=float), np.array([np.mean([curve[x] for curve in curves]) for x in xs], dtype=float)
 
 
 def budget_key(budget) -> str:
@@ -979,8 +990,14 @@ def format_speedup_report(report) -> str:
     for side in ("baseline", "variant"):
         s = report[side]
         edge = " (best LR at the grid's edge)" if s.get("best_at_grid_edge") else ""
+        causal = s.get("final_eval_causal_loss", s["final_eval_loss"])
         lines.append(f"{s['arch']}: {s['params']:,} params, lr {s['learning_rate']:g}{edge}, "
-                     f"final eval {s['final_eval_loss']:.4f}")
+                     f"final eval {s['final_eval_loss']:.4f}"
+                     + (f", causal pass (as sampled) {causal:.4f}" if causal != s["final_eval_loss"] else ""))
+    difference = report.get("difference") or {}
+    if len(difference.get("seeds", [])) > 1:
+        lines.append(f"variant - baseline, {difference['metric']}: {difference['mean']:+.4f} (sd {difference['std']:.4f}"
+                     f" over seeds {', '.join(map(str, difference['seeds']))})")
     lines.append(f"step time: {timing['baseline_s'] * 1e3:.1f} ms vs {timing['variant_s'] * 1e3:.1f} ms "
                  f"({timing['overhead']:+.0%})")
     return "\n".join(lines + format_speedup_headlines(report["summary"]))

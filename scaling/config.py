@@ -47,10 +47,13 @@ class ArchOptions:
     `option` fields, each a command-line flag); this base has none.
 
     `min_layers` is the fewest blocks the options allow (the size family honours it) and
-    `depth_flag` names the option that sets it, for error messages.
+    `depth_flag` names the option that sets it, for error messages. `looks_ahead` is True where the
+    training pass routes a token by later tokens of its sequence (expert-choice top-k), which sampling
+    cannot: evaluation then also reports the loss of the causal pass sampling takes (eval_causal_loss).
     """
 
     depth_flag: ClassVar[str] = "--n_layers"
+    looks_ahead: ClassVar[bool] = False
 
     def validate(self, cfg: "ModelConfig") -> None:
         """UsageError on bad options; `cfg` is the whole model (its shape is already valid)."""

@@ -237,9 +237,11 @@ def _speedup_setup(report: dict, workdir) -> str:
     tokenizer = _tokenizer(configs[0].get("data_fingerprint") or {}) if configs else None
     grid = sorted({float(lr) for side in ("baseline", "variant") for lr in report[side].get("sweep", {})})
     lr = f"searched: {_listing(grid)} (best of each side)" if len(grid) > 1 else f"fixed {_listing(grid)}"
-    keys = ("devices", "mesh", "data", "seq_len", "batch_size", "steps", "tokens", "eval_every", "smooth")
+    keys = ("devices", "mesh", "data", "seq_len", "batch_size", "steps", "tokens", "eval_every", "smooth", "metric",
+            "seeds")
+    value = lambda v: _num(v) if isinstance(v, float) else ", ".join(map(str, v)) if isinstance(v, list) else v
     parts = ([f"hardware {hardware}"] if hardware else []) + ([f"tokenizer {tokenizer}"] if tokenizer else [])
-    parts += [f"{k} {_num(setup[k]) if isinstance(setup[k], float) else setup[k]}" for k in keys if k in setup]
+    parts += [f"{k} {value(setup[k])}" for k in keys if k in setup]
     return "Setup: " + "; ".join(parts + [f"LR {lr}"]) + "."
 
 
@@ -254,19 +256,36 @@ def _lr_sweep_table(report: dict) -> list[str]:
             *(f"| {lr:g} | {cell(sweeps[0], lr)} | {cell(sweeps[1], lr)} |" for lr in rates)]
 
 
+def _seeds_table(report: dict) -> list[str]:
+    """Each seed's final losses (the compared metric) at the chosen rates and their difference, with
+    the means and the difference's standard deviation (no table for one seed)."""
+    difference = report.get("difference") or {}
+    if len(difference.get("seeds", [])) < 2:
+        return []
+    key, (base, var) = difference["metric"], (report[side] for side in ("baseline", "variant"))
+    rows = [f"| {seed} | {b[key]:.4f} | {v[key]:.4f} | {d:+.4f} |"
+            for seed, b, v, d in zip(difference["seeds"], base["seeds"], var["seeds"], difference["per_seed"])]
+    return ["", f"| seed | {base['arch']} | {var['arch']} | difference ({key}) |", "|---|---|---|---|", *rows,
+            f"| mean | {base[key]:.4f} | {var[key]:.4f} | {difference['mean']:+.4f} (sd {difference['std']:.4f}) |"]
+
+
 def speedup_section(workdir) -> str:
     """The markdown section of one speedup workdir: setup, both sides, the speedup headlines against
     steps and wall time, and the step-time ratio."""
     report = analysis.load_curves(workdir)
     timing = report["per_step_time"]
+    causal = {side: report[side].get("final_eval_causal_loss", report[side]["final_eval_loss"])
+              for side in ("baseline", "variant")}
+    differs = any(causal[side] != report[side]["final_eval_loss"] for side in causal)
     lines = [f"## Speedup `{workdir}`", "", _speedup_setup(report, workdir), "",
-             "| side | arch | params | learning rate | final eval loss |", "|---|---|---|---|---|"]
+             "| side | arch | params | learning rate | final eval loss |" + (" causal pass (as sampled) |" * differs),
+             "|---|---|---|---|---|" + "---|" * differs]
     for side in ("baseline", "variant"):
         s = report[side]
         edge = " (best at the grid's edge)" if s.get("best_at_grid_edge") else ""
         lines.append(f"| {side} | {s['arch']} | {s['params']:,} | {s['learning_rate']:g}{edge} | "
-                     f"{s['final_eval_loss']:.4f} |")
-    lines += _lr_sweep_table(report)
+                     f"{s['final_eval_loss']:.4f} |" + (f" {causal[side]:.4f} |" * differs))
+    lines += _lr_sweep_table(report) + _seeds_table(report)
     lines += ["", "| speedup vs | last defined | at | median, 2nd half | max | defined at |",
               "|---|---|---|---|---|---|"]
     for key in ("steps", "wall"):

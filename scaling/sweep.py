@@ -385,6 +385,7 @@ def result_record(run: dict, summary: dict) -> dict:
         "learning_rate": run["train"]["learning_rate"],
         "final_train_loss": summary["final_train_loss"],
         "final_eval_loss": summary["final_eval_loss"],
+        "final_eval_causal_loss": summary["final_eval_causal_loss"],
         "final_eval_bpb": summary["final_eval_bpb"],
         "status": summary["status"],
         "wall_s": summary["wall_s"],

@@ -1,5 +1,6 @@
 """Mixture-of-Depths and MoDE (REFERENCE.md section 4): routing properties, each public-implementation
 pitfall made impossible, sharding, FLOPs, causal routing, bad input."""
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from conftest import command_env
 from test_flops import compiled_step_flops
@@ -21,6 +23,9 @@ from scaling.models.registry import get_architecture, model_config
 from scaling.nn.mod import RoutedBlock, routed_tokens, top_k_routing
 from scaling.nn.stack import Context
 from scaling.sample import Decoder
+from scaling.train.loop import EVAL_SEED, train
+from scaling.train.run import Run
+from scaling.train.steps import token_cross_entropy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = model_config("mod", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=32, mod_capacity=0.25)
@@ -150,6 +155,30 @@ def test_threshold_routing_is_causal_and_differs_from_top_k():
     assert 0 < routed < 1  # the predictor really rejects some tokens
     top_k = model.apply({"params": params}, tokens)
     assert not np.allclose(a, top_k, atol=1e-4)
+    # Top-k routing looks ahead: later tokens move earlier positions' outputs (so eval reports both passes).
+    top_k_changed = model.apply({"params": params}, tokens.at[:, 20:].set((tokens[:, 20:] + 1) % 256))
+    assert not np.allclose(top_k[:, :20], top_k_changed[:, :20], atol=1e-4)
+    assert CFG.options.looks_ahead and model_config("mode", mode_variant="staged").options.looks_ahead
+    assert not model_config("mode", mode_variant="integrated", noop_experts=1).options.looks_ahead
+
+
+def test_a_run_reports_the_loss_of_the_pass_sampling_takes(tiny_train, tmp_path):
+    cfg = model_config("mod", vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, seq_len=32,
+                       mod_capacity=0.25)
+    summary = train(cfg, tiny_train, MeshConfig(), str(tmp_path))
+    evals = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if m["eval_loss"] is not None]
+    assert len(evals) == 4 and all(m["eval_causal_loss"] != m["eval_loss"] for m in evals)
+    assert (summary["final_eval_loss"], summary["final_eval_causal_loss"]) == (evals[-1]["eval_loss"],
+                                                                              evals[-1]["eval_causal_loss"])
+    # The same number from the final checkpoint, computed directly with the autoregressive pass.
+    steps = tiny_train.steps(cfg.seq_len)
+    params = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(steps) / "default")["params"]
+    run = Run(cfg, tiny_train, sharding.make_mesh(MeshConfig()))
+    loader, model = run.loader("eval", seed=EVAL_SEED), get_architecture("mod").model(cfg)
+    sums = [token_cross_entropy(model.apply({"params": params}, b["inputs"], autoregressive=True), b["targets"],
+                                b["weights"]) for b in map(loader, range(tiny_train.eval_batches))]
+    total, count = np.sum(jax.device_get(sums), axis=0)
+    assert summary["final_eval_causal_loss"] == pytest.approx(total / count, rel=1e-5)
 
 
 def test_decoding_one_sequence_skips_blocks_its_tokens_do_not_take():

@@ -135,7 +135,8 @@ def test_sweep_files_and_metrics_go_through_epath(offline_gcs):
     sweep.check_workdir(offline_gcs, plan)
     for i, run in enumerate(plan["runs"]):
         summary = {"tokens": 1, "steps": 1, "final_train_loss": 2.0, "final_eval_loss": 2.0 + (i - 1) ** 2 / 10,
-                   "final_eval_bpb": None, "status": "complete", "wall_s": 1.0, "data_fingerprint": "synthetic"}
+                   "final_eval_causal_loss": None, "final_eval_bpb": None, "status": "complete", "wall_s": 1.0,
+                   "data_fingerprint": "synthetic"}
         sweep.append_result(offline_gcs, sweep.result_record(run, summary))
     fits = sweep.finish(offline_gcs)
     root = epath.Path(offline_gcs)

@@ -7,6 +7,7 @@ import pytest
 from test_cli import assert_usage_error, run
 
 from scaling import analysis
+from scaling import report as report_module
 
 TINY = ["--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "32", "--batch_size", "8",
         "--data", "synthetic", "--tokens", str(30 * 8 * 32), "--eval_every", "5", "--timing_rounds", "1"]
@@ -21,8 +22,9 @@ TINY = ["--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "32
         (["--eval_every", "10"], "--tokens"),
         (["--sweep_lrs", ""], "--sweep_lrs"),
         (["--sweep_lrs", "1e-3,-1e-2"], "--sweep_lrs"),
+        (["--seeds", "0"], "--seeds"),
     ],
-    ids=["same", "unknown-variant", "unknown-baseline", "too-few-evals", "empty-sweep", "negative-lr"],
+    ids=["same", "unknown-variant", "unknown-baseline", "too-few-evals", "empty-sweep", "negative-lr", "no-seeds"],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, flag):
     workdir = tmp_path / "speedup"
@@ -56,6 +58,27 @@ def test_writes_curves_and_plot_and_resumes_without_retraining(finished):
         assert report[side]["final_eval_loss"] == min(sweep.values())
     assert report["setup"]["steps"] == 30 and len(report["steps"]["steps"]) == 6
     assert report["per_step_time"]["baseline_s"] > 0 and report["per_step_time"]["variant_s"] > 0
+
+
+def test_seeds_compare_mean_curves_and_report_the_difference_per_seed(tmp_path):
+    workdir = tmp_path / "speedup"
+    result = run("experiments.speedup", *TINY, "--nolr_sweep", "--learning_rate", "1e-2", "--seeds", "2", "--seed", "3",
+                 "--workdir", str(workdir))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == [
+        "gpt-lr0.01-seed3", "gpt-lr0.01-seed4", "ngpt-lr0.01-seed3", "ngpt-lr0.01-seed4"]
+    report = json.loads((workdir / "curves.json").read_text())
+    summaries = {p.name: json.loads((p / "summary.json").read_text()) for p in (workdir / "runs").iterdir()}
+    finals = {name: s["final_eval_loss"] for name, s in summaries.items()}
+    difference = report["difference"]
+    assert report["setup"]["seeds"] == difference["seeds"] == [3, 4]
+    assert difference["per_seed"] == pytest.approx([finals[f"ngpt-lr0.01-seed{s}"] - finals[f"gpt-lr0.01-seed{s}"]
+                                                    for s in (3, 4)])
+    assert report["baseline"]["final_eval_loss"] == pytest.approx((finals["gpt-lr0.01-seed3"] + finals["gpt-lr0.01-seed4"]) / 2)
+    seeds = [analysis.eval_curve(analysis.load_metrics(workdir / "runs" / f"gpt-lr0.01-seed{s}")) for s in (3, 4)]
+    np.testing.assert_allclose(report["steps"]["baseline"]["losses"], (seeds[0][1] + seeds[1][1]) / 2, rtol=1e-6)
+    section = report_module.speedup_section(str(workdir))
+    assert "| seed | gpt | ngpt | difference (final_eval_loss) |" in section and "(sd " in section
 
 
 def test_speedup_points_follow_the_definition(finished):

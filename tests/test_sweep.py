@@ -11,7 +11,7 @@ from scaling.models.registry import get_architecture, model_config, model_config
 
 RESULT_KEYS = {"run_id", "arch", "budget", "params", "nonembed_params", "active_params", "flops_per_token", "tokens",
                "steps", "seq_len", "batch_size", "remat", "microbatches", "final_train_loss", "final_eval_loss",
-               "seed", "learning_rate", "final_eval_bpb", "status",
+               "seed", "learning_rate", "final_eval_causal_loss", "final_eval_bpb", "status",
                "wall_s", "flops_convention", "data_fingerprint"}
 
 
@@ -88,6 +88,7 @@ def test_sweep_runs_fits_plots_and_resumes(tmp_path):
     assert [r["run_id"] for r in results] == [r["run_id"] for r in plan["runs"]]
     assert all(set(r) == RESULT_KEYS for r in results)
     assert all(r["steps"] == 6 and math.isfinite(r["final_eval_loss"]) for r in results)
+    assert all(r["final_eval_causal_loss"] == r["final_eval_loss"] for r in results)  # gpt's eval pass is causal
     assert set(fits["gpt"]) == {repr(2e12)} and fits["gpt"][repr(2e12)]["points"] == len(results)
     assert json.load(open(os.path.join(workdir, "fits.json"))) == json.loads(json.dumps(fits))
     assert os.path.getsize(os.path.join(workdir, "isoflop.png")) > 10_000
@@ -98,6 +99,8 @@ def test_sweep_runs_fits_plots_and_resumes(tmp_path):
     assert len(open(os.path.join(workdir, "results.jsonl")).readlines()) == len(results)
     assert refit["gpt"][repr(2e12)]["x_key"] == "nonembed_params"
     assert refit["gpt"][repr(2e12)]["x_range"][0] == min(r["nonembed_params"] for r in results)
+    causal = sweep.run_sweep(plan, workdir, MeshConfig(), log=logged.append, metric="final_eval_causal_loss")
+    assert causal["gpt"][repr(2e12)]["loss_min"] == pytest.approx(fits["gpt"][repr(2e12)]["loss_min"])
 
 
 def test_partial_sweep_resumes_the_interrupted_run(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from scaling import compiler, hardware, sharding
+from scaling import compiler, hardware, sample, sharding
 from scaling.config import MeshConfig, UsageError
 from scaling.train.loop import train
 from scaling.train.run import Run
@@ -55,6 +55,8 @@ def test_metrics_files_and_checkpoint_retention(tiny_model, tiny_train, tmp_path
     assert metrics[-1]["flops"] == pytest.approx(summary["flops_per_token"] * summary["tokens"])
     assert metrics[0]["mfu"] is None and metrics[0]["tflops_per_device"] > 0
     assert [m["step"] for m in metrics if m["eval_loss"] is not None] == [2, 4, 6, 8]
+    # No pass of gpt looks ahead: its eval pass is the one sampling takes.
+    assert "eval_causal_loss" not in metrics[-1] and summary["final_eval_causal_loss"] == summary["final_eval_loss"]
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["6", "8"]
     config = json.load(open(os.path.join(run_dir, "config.json")))
@@ -63,6 +65,11 @@ def test_metrics_files_and_checkpoint_retention(tiny_model, tiny_train, tmp_path
     assert config["hardware"].startswith(f"{jax.device_count()} x cpu (") and "AVX-512" in config["hardware"]
     # A finished run is not trained again.
     assert train(tiny_model, tiny_train, MeshConfig(), run_dir) == json.load(open(os.path.join(run_dir, "summary.json")))
+    # One ended before causal losses were recorded gets gpt's: its eval loss.
+    earlier = {k: v for k, v in summary.items() if k != "final_eval_causal_loss"}
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(earlier, f)
+    assert train(tiny_model, tiny_train, MeshConfig(), run_dir) == summary
 
 
 def test_a_run_begun_with_the_layer_loop_unrolled_resumes_where_it_is_not(tiny_model, tiny_train, tmp_path):
@@ -94,7 +101,7 @@ def test_refuses_a_run_written_by_the_previous_layout(tiny_model, tiny_train, tm
 
 @pytest.mark.parametrize("avx512", [False, True])
 def test_cpu_steps_use_xla_kernels_where_the_cpu_lacks_avx512(avx512, monkeypatch, tiny_model, tiny_train):
-    """On an AVX2 CPU without AVX-512 the train and eval steps compile without YNNPACK fusions
+    """On an AVX2 CPU without AVX-512 the train, eval and decode steps compile without YNNPACK fusions
     (scaling/compiler.py), which XLA:CPU emits for them by default and keeps where the CPU has AVX-512."""
     monkeypatch.setattr(hardware, "cpu_description", lambda: {"avx2": True, "avx512f": avx512})
     if not compiler._cpu_accepts_options():
@@ -103,3 +110,6 @@ def test_cpu_steps_use_xla_kernels_where_the_cpu_lacks_avx512(avx512, monkeypatc
     eval_step, eval_args = run.eval_step(), (run.abstract_state.params, run.batch_spec())
     assert ("__ynn_fusion" in eval_step.lower(*eval_args).compile().as_text()) == avx512
     assert ("__ynn_fusion" in run.compiled_train_step.as_text()) == avx512
+    decode = sample._decode_step(dataclasses.replace(tiny_model, seq_len=8 + avx512, remat="none"))  # uncached
+    prompt = jax.ShapeDtypeStruct((2, 8), np.int32)
+    assert ("__ynn_fusion" in decode.lower(run.abstract_state.params, {}, prompt, 0).compile().as_text()) == avx512

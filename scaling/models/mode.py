@@ -42,6 +42,10 @@ class MoDEOptions(SwitchOptions, MoDOptions):
     def staged(self) -> bool:
         return self.mode_variant == "staged"
 
+    @property
+    def looks_ahead(self) -> bool:
+        return self.staged  # MoD's top-k; integrated MoDE routes each token by its own router
+
     def min_layers(self) -> int:
         return max(self.moe_every, self.route_every) if self.staged else self.moe_every
 

@@ -36,6 +36,7 @@ class MoDOptions(ArchOptions):
     """Where routed blocks sit, how many tokens they take, and how sampling routes."""
 
     depth_flag = "--route_every"
+    looks_ahead = True  # top-k over each sequence
     mod_capacity: float = option(0.125, "Fraction of each sequence's tokens a routed block processes.")
     route_every: int = option(2, "Every k-th block is routed (2: every other block, the paper's best).")
     mod_causal: str = option("predictor", "How sampling routes: a predictor MLP on stop_gradient(x), or the "

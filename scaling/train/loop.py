@@ -136,22 +136,31 @@ def _interval_means(steps: list[int], pending: list[dict]) -> dict:
     return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
 
 
+def _mean_loss(sums: list) -> float:
+    """The mean token loss of per-batch (sum of losses, tokens) pairs."""
+    total, count = np.sum(sums, axis=0)
+    return float(total / max(count, 1.0))
+
+
 class Evaluator:
-    """Mean LM loss over a fixed set of held-out batches (the same batches at every evaluation), and
-    its bits per byte: loss / ln 2 / the eval split's UTF-8 bytes per token (None for token data)."""
+    """Mean LM losses over a fixed set of held-out batches (the same batches at every evaluation):
+    eval_loss, and where the training pass looks ahead (ArchOptions.looks_ahead) eval_causal_loss, of
+    the pass sampling takes; and bits per byte: loss / ln 2 / the eval split's UTF-8 bytes per token
+    (None for token data)."""
 
     def __init__(self, run: Run):
         loader = run.loader("eval", seed=EVAL_SEED)
         self.batches = [loader(i) for i in range(run.train_cfg.eval_batches)]
-        self.step = run.eval_step()
+        self.steps = {"eval_loss": run.eval_step()}
+        if run.model_cfg.options.looks_ahead:
+            self.steps["eval_causal_loss"] = run.eval_step(autoregressive=True)
         self.mesh = run.mesh
         self.bytes_per_token = data.bytes_per_token(run.train_cfg.data, "eval", **run.data_options)
 
-    def __call__(self, params) -> float:
+    def __call__(self, params) -> dict[str, float]:
         with sharding.activate(self.mesh):
-            sums = [self.step(params, batch) for batch in self.batches]
-        total, count = np.sum(jax.device_get(sums), axis=0)
-        return float(total / max(count, 1.0))
+            sums = {name: [step(params, batch) for batch in self.batches] for name, step in self.steps.items()}
+        return {name: _mean_loss(jax.device_get(parts)) for name, parts in sums.items()}
 
     def bits_per_byte(self, loss: float | None) -> float | None:
         return None if loss is None or self.bytes_per_token is None else loss / math.log(2) / self.bytes_per_token
@@ -189,7 +198,7 @@ def train(
     _check_config(run_dir, run_config(base, mesh_cfg, extra_config))
     summary_path = epath.Path(run_dir) / "summary.json"
     if summary_path.exists():
-        return json.loads(summary_path.read_text())
+        return _with_causal_loss(json.loads(summary_path.read_text()), model_cfg)
     fitted = fitting.fit(model_cfg, train_cfg, mesh_cfg, fitting.device_memory(device_memory_gib),
                          name=f"run {name}", loss=loss, cache_dir=cache_dir)
     run = fitted.run
@@ -222,6 +231,8 @@ def train(
         "tokens": (diverged["step"] if diverged else stop_step) * train_cfg.batch_size * model_cfg.seq_len,
         "final_train_loss": None if diverged else loop.last["loss"],
         "final_eval_loss": None if diverged else loop.last["eval_loss"],
+        # the eval pass uses no later token unless the training pass looks ahead
+        "final_eval_causal_loss": None if diverged else loop.last.get("eval_causal_loss", loop.last["eval_loss"]),
         "final_eval_bpb": None if diverged else loop.evaluate.bits_per_byte(loop.last["eval_loss"]),
         "wall_s": loop.wall_s,
         **config["counts"],
@@ -231,6 +242,13 @@ def train(
     if summary["complete"] or diverged:
         _write_json(summary_path, summary)
     return summary
+
+
+def _with_causal_loss(summary: dict, model_cfg: ModelConfig) -> dict:
+    """A summary written before final_eval_causal_loss was recorded, with it: the eval loss where the
+    training pass looks at no later token, else unknown (None)."""
+    known = None if model_cfg.options.looks_ahead else summary["final_eval_loss"]
+    return {"final_eval_causal_loss": known, **summary}
 
 
 class _Loop:
@@ -288,10 +306,10 @@ class _Loop:
             "tokens": done * self.tokens_per_step,
             "flops": done * self.tokens_per_step * self.flops_per_token,
             "lr": float(self.run.schedule(done - 1)),
-            "eval_loss": self.evaluate(state.params) if is_eval else None,
+            **(self.evaluate(state.params) if is_eval else dict.fromkeys(self.evaluate.steps)),
             "wall_s": self.wall_offset + now - start_time,
         }
         record["eval_bpb"] = self.evaluate.bits_per_byte(record["eval_loss"])
         self.log.write(record)
-        self.last.update(loss=record["loss"], eval_loss=record["eval_loss"] or self.last["eval_loss"])
+        self.last.update(loss=record["loss"], **{name: record[name] for name in self.evaluate.steps if is_eval})
         self.wall_s, self.interval_start = record["wall_s"], time.perf_counter()

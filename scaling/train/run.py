@@ -101,9 +101,10 @@ class Run:
         return (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
                 - memory.alias_size_in_bytes)
 
-    def eval_step(self):
-        """(params, batch) -> (sum of token losses, tokens), jitted over the mesh."""
-        return jax.jit(make_eval_step(self.model),
+    def eval_step(self, autoregressive: bool = False):
+        """(params, batch) -> (sum of token losses, tokens), jitted over the mesh (`autoregressive`: of
+        the pass sampling takes)."""
+        return jax.jit(make_eval_step(self.model, autoregressive),
                        in_shardings=(self.shardings.params, sharding.batch_sharding(self.mesh)),
                        compiler_options=compiler_options(self.mesh))
 

@@ -105,11 +105,12 @@ def make_train_step(model, tx: optax.GradientTransformation, seed: int, loss: Lo
     return train_step
 
 
-def make_eval_step(model):
-    """(params, batch) -> (sum of token losses, number of tokens), for exact means over many batches."""
+def make_eval_step(model, autoregressive: bool = False):
+    """(params, batch) -> (sum of token losses, number of tokens), for exact means over many batches;
+    `autoregressive`: of the pass sampling takes (every position from it and earlier tokens only)."""
 
     def eval_step(params, batch):
-        logits = model.apply({"params": params}, batch["inputs"])
+        logits = model.apply({"params": params}, batch["inputs"], autoregressive=autoregressive)
         return token_cross_entropy(logits, batch["targets"], batch["weights"])
 
     return eval_step
