@@ -1,4 +1,4 @@
-"""XLA compile options of the toolkit's train and eval steps, chosen by the platform they compile for.
+"""XLA compile options of the toolkit's train, eval and decode steps, chosen by the platform they compile for.
 
 XLA:CPU hands dots, reductions and elementwise fusions to YNNPACK by default (recent jaxlib). Which
 is faster depends on the CPU (README, Performance; train steps side by side in one process): on an
@@ -27,7 +27,11 @@ COMPILE_ONLY_GPU_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
 
 def compiler_options(mesh: Mesh) -> dict:
     """The options for a step compiled over `mesh` ({} for real accelerators, or where XLA lacks them)."""
-    device = mesh.devices.flat[0]
+    return device_options(mesh.devices.flat[0])
+
+
+def device_options(device) -> dict:
+    """The options for a step compiled for `device` and others of its kind."""
     if device.platform == "cpu":
         cpu = hardware.cpu_description()
         xla_kernels = cpu["avx2"] and not cpu["avx512f"] and _cpu_accepts_options()

@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from scaling import compiler
 from scaling.config import ModelConfig
 from scaling.models.registry import get_architecture
 
@@ -48,7 +49,7 @@ def _decode_step(cfg: ModelConfig):
         logits, updated = model.apply(variables, tokens, positions, autoregressive=True, mutable=["cache"])
         return logits, updated["cache"]
 
-    return jax.jit(step)
+    return jax.jit(step, compiler_options=compiler.device_options(jax.devices()[0]))
 
 
 def choose(logits: jax.Array, key: jax.Array, temperature: float, top_k: int) -> jax.Array:
