@@ -2,8 +2,9 @@
 
 One command that measures, on the current device, what only an accelerator shows, and writes
 <out>/suite.jsonl (one JSON object per measurement) and <out>/suite.md (the tables), both after every
-measurement, so that a run stopped at a time limit keeps whole tables of what it measured. The
-sections run in the order given, by default the one below (those that decide a default first):
+measurement, so that a run stopped at a time limit keeps whole tables of what it measured; a
+section that fails is recorded as failed, with its error, and the next one runs. The sections run in
+the order given, by default the one below (those that decide a default first):
 
 - mfu: `gpt` in bfloat16 at ~125M, ~350M and ~760M parameters, context 1024 and 2048, at 64k tokens
   per batch, with remat and microbatches fitted to the device memory as the isoFLOP sweep fits them
@@ -153,8 +154,8 @@ def kernel(profile: Profile, memory):
                     compiled = step.lower(q, k, v).compile()
                     row[f"{key}_temp_gib"] = compiled.memory_analysis().temp_size_in_bytes / 2**30
                     row[f"{key}_ms"] = 1e3 * median_seconds(compiled, q, k, v)
-                except jax.errors.JaxRuntimeError as error:  # out of memory: recorded, the suite goes on
-                    row[f"{key}_ms"] = f"failed: {str(error).split(':')[0]}"
+                except Exception as error:  # out of memory, or a kernel this jax cannot lower: recorded
+                    row[f"{key}_ms"] = f"failed: {type(error).__name__}: {str(error).split(':')[0][:80]}"
             yield row
 
 
@@ -187,9 +188,10 @@ def markdown(rows: list[dict]) -> str:
     lines = [f"Device: {device.device_kind} ({device.platform}), jax {jax.__version__}, "
              f"peak {peak_tflops()} bf16 TFLOP/s for MFU{usable}"]
     for section, columns in COLUMNS.items():
-        mine = [row for row in rows if row["section"] == section]
-        if mine:
-            lines += ["", f"### {section}", ""] + _table(mine, columns)
+        mine = [row for row in rows if row["section"] == section and "failed" not in row]
+        failed = [f"failed: {row['failed']}" for row in rows if row["section"] == section and "failed" in row]
+        if mine or failed:
+            lines += ["", f"### {section}", ""] + (_table(mine, columns) if mine else []) + failed
     return "\n".join(lines) + "\n"
 
 
@@ -202,22 +204,36 @@ def main() -> None:
     args = parser.parse_args()
     profile = TINY if args.tiny else FULL
     memory = fitting.device_memory(args.device_memory_gib)
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     os.makedirs(args.out, exist_ok=True)
+    print(markdown(run(sections, profile, memory, args.out)))
+
+
+def run(sections: list[str], profile: Profile, memory, out: str) -> list[dict]:
+    """Runs `sections` in order, writing suite.jsonl and suite.md after every row. A section that
+    raises (say, an API another jax version lacks) ends in a row {"section", "failed"}, and the next
+    section runs: one call on a lent GPU measures all that can be."""
     rows = []
-    with open(os.path.join(args.out, "suite.jsonl"), "w") as log:
-        for section in args.sections.split(","):
+    with open(os.path.join(out, "suite.jsonl"), "w") as log:
+        for section in sections:
             start = time.perf_counter()
-            for row in SECTIONS[section](profile, memory):
-                rows.append(row)
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                print(json.dumps(row), flush=True)
-                _write_tables(rows, args.out)
+            try:
+                for row in SECTIONS[section](profile, memory):
+                    _record(row, rows, log, out)
+            except Exception as error:  # recorded; the next section runs
+                _record({"section": section, "failed": f"{type(error).__name__}: {error}"[:300]}, rows, log, out)
             print(f"# {section}: {time.perf_counter() - start:.0f}s", flush=True)
-    print(markdown(rows))
+    return rows
 
 
-def _write_tables(rows: list[dict], out: str) -> None:
+def _record(row: dict, rows: list[dict], log, out: str) -> None:
+    rows.append(row)
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+    print(json.dumps(row), flush=True)
     with open(os.path.join(out, "suite.md"), "w") as f:
         f.write(markdown(rows))
 

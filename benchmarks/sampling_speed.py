@@ -4,7 +4,8 @@ Restores each run's latest checkpoint (as experiments.sample does), compiles its
 decoders, then alternates: each round greedily decodes --num_tokens tokens after the same prompt
 with every model in turn. Prints per run the median tokens/s over the rounds and the ratio to the
 first run, and, for models that route tokens past blocks, the fraction of (token, routed block)
-pairs the threshold routing took while generating (metric mod_routed_frac of the generated text).
+pairs the threshold routing took while generating (metric mod_routed_frac of the generated text)
+and on the run's first held-out batch (the text it was trained for; top-k takes mod_capacity).
 """
 import argparse
 import json
@@ -16,8 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.sample import load_params
+from scaling import sharding
+from scaling.config import MeshConfig, TrainConfig
 from scaling.models.registry import get_architecture
 from scaling.sample import sample
+from scaling.train.loop import EVAL_SEED, read_config
+from scaling.train.run import Run
 
 
 def routed_fraction(cfg, params, tokens) -> float | None:
@@ -26,6 +31,14 @@ def routed_fraction(cfg, params, tokens) -> float | None:
     _, sown = model.apply({"params": params}, tokens, autoregressive=True, mutable="metrics")
     values = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(sown)[0] if "routed_frac" in str(path)]
     return float(np.mean([np.mean(v) for v in values])) if values else None
+
+
+def held_out_tokens(run_dir: str, cfg) -> jax.Array:
+    """The inputs of the first held-out batch the run evaluates on."""
+    config = read_config(run_dir)
+    run = Run(cfg, TrainConfig(**config["train"]), sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1]),
+              cache_dir=config.get("data_cache"))
+    return run.loader("eval", seed=EVAL_SEED)(0)["inputs"]
 
 
 def main() -> None:
@@ -54,6 +67,7 @@ def main() -> None:
             "run": run, "arch": cfg.arch, "d_model": cfg.d_model, "n_layers": cfg.n_layers, "batch": args.batch,
             "num_tokens": args.num_tokens, "tokens_per_s": args.batch * args.num_tokens / seconds,
             "time_ratio": seconds / first, "routed_frac": routed_fraction(cfg, params, text),
+            "routed_frac_held_out": routed_fraction(cfg, params, held_out_tokens(run, cfg)),
             "device": jax.devices()[0].device_kind,
         }))
 

@@ -1,11 +1,17 @@
-"""The accelerator suite and the input-pipeline benchmark run end to end (at toy sizes, on the CPU) so
-that they cannot rot."""
+"""The accelerator suite, the input-pipeline and the sampling-speed benchmarks run end to end (at toy
+sizes, on the CPU) so that they cannot rot."""
+import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 from conftest import command_env
+
+from scaling.config import MeshConfig
+from scaling.models.registry import model_config
+from scaling.train.loop import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,6 +33,27 @@ def test_accelerator_suite_runs_every_section(tmp_path):
     assert all(f"### {section}" in table for section in sections)
 
 
+def test_a_failing_section_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("suite", os.path.join(REPO, "benchmarks", "accelerator_suite.py"))
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+
+    def broken(profile, memory):
+        yield {"section": "mfu", "size": "tiny", "mfu": 0.5}
+        raise AttributeError("module 'pallas' has no attribute 'CompilerParams'")
+
+    def kernel(profile, memory):
+        yield {"section": "kernel", "kernel": "chunked", "seq_len": 128, "forward_ms": 1.0}
+
+    monkeypatch.setattr(suite, "SECTIONS", {"mfu": broken, "kernel": kernel})
+    rows = suite.run(["mfu", "kernel"], suite.TINY, None, str(tmp_path))
+    assert [row.get("failed") for row in rows] == [
+        None, "AttributeError: module 'pallas' has no attribute 'CompilerParams'", None]
+    assert [json.loads(line) for line in (tmp_path / "suite.jsonl").read_text().splitlines()] == rows
+    table = (tmp_path / "suite.md").read_text()
+    assert "| tiny |" in table and "failed: AttributeError" in table and "| chunked | 128 | 1 |" in table
+
+
 def test_input_pipeline_benchmark_feeds_the_train_step(tmp_path):
     """The loader's batches go into the compiled step (sharding, dtypes and shapes agree) and both
     feeds are timed."""
@@ -37,3 +64,20 @@ def test_input_pipeline_benchmark_feeds_the_train_step(tmp_path):
     loader, fed = (json.loads(line) for line in result.stdout.splitlines())
     assert loader["tokens_per_s_per_host"] > 0 and loader["bytes_per_token"] == 1.0
     assert fed["loader_step_s"] > 0 and fed["synthetic_step_s"] > 0 and fed["ratio"] > 0
+
+
+def test_sampling_speed_compares_trained_runs(tmp_path, tiny_train):
+    """Two runs decode side by side; a routed model reports how many tokens its blocks took, while
+    generating and on held-out text."""
+    train_cfg = dataclasses.replace(tiny_train, data="pystdlib", eval_every=2)
+    shape = dict(vocab_size=257, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=32)
+    runs = [str(tmp_path / arch) for arch in ("gpt", "mod")]
+    for arch, run_dir in zip(("gpt", "mod"), runs):
+        train(model_config(arch, **shape), train_cfg, MeshConfig(), run_dir, max_steps=2)
+    result = subprocess.run([sys.executable, "-m", "benchmarks.sampling_speed", "--runs", ",".join(runs),
+                             "--num_tokens", "4", "--rounds", "1"], cwd=REPO, env=command_env(), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    gpt, mod = (json.loads(line) for line in result.stdout.splitlines())
+    assert gpt["time_ratio"] == 1.0 and gpt["routed_frac"] is None and gpt["routed_frac_held_out"] is None
+    assert mod["tokens_per_s"] > 0 and 0 <= mod["routed_frac"] <= 1 and 0 <= mod["routed_frac_held_out"] <= 1
