@@ -38,6 +38,18 @@ def test_alibi_slopes_and_layer_decays():
     assert layer_decays(2, 1).shape == (1, 2)
 
 
+def test_embeddings_are_scaled_by_sqrt_d_as_in_the_official_code(tnl_model):
+    tokens = jax.random.randint(jax.random.key(0), (2, tnl_model.seq_len), 0, 256)
+    unscaled_cfg = tnl_model.replace(scale_embedding=False)
+    scaled, unscaled = TNL(tnl_model), TNL(unscaled_cfg)
+    params = nn.unbox(scaled.init(jax.random.key(1), tokens)["params"])
+    table = params["embed"]["embedding"]
+    lifted = {**params, "embed": {"embedding": table * np.sqrt(tnl_model.d_model)}}
+    np.testing.assert_allclose(scaled.apply({"params": params}, tokens),
+                               unscaled.apply({"params": lifted}, tokens), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(scaled.apply({"params": params}, tokens), unscaled.apply({"params": params}, tokens))
+
+
 def test_scanned_and_unrolled_stacks_compute_the_same_function(tnl_model):
     tokens = jax.random.randint(jax.random.key(0), (2, tnl_model.seq_len), 0, 256)
     params = nn.unbox(TNL(tnl_model).init(jax.random.key(1), tokens)["params"])

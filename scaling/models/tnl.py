@@ -1,6 +1,7 @@
 """TransNormerLLM (Qin et al. 2023, arXiv 2307.14995) trained with Lightning Attention-2 (arXiv 2401.04658).
 
-x += GLA(SRMSNorm(x)); x += SGLU(SRMSNorm(x)); logits = W_out SRMSNorm(x)      (REFERENCE.md section 5)
+x = sqrt(d) embed(tokens); x += GLA(SRMSNorm(x)); x += SGLU(SRMSNorm(x)); logits = W_out SRMSNorm(x)
+                                                                                 (REFERENCE.md section 5)
 
 GLA (section 3.3): q = SiLU(x W_q), k = SiLU(x W_k), v = x W_v, u = x W_u (one fused kernel);
 o = causal linear attention with the fixed decay lambda_{h,l} (eq. 10, official code), no 1/sqrt(d);
@@ -55,6 +56,8 @@ class TNLOptions(ArchOptions):
 
     chunk_size: int = option(64, "Lightning Attention chunk size, a power of two.")
     lrpe: bool = option(False, "LRPE on the first layer.")
+    scale_embedding: bool = option(True, "Multiply the token embeddings by sqrt(d_model) (the official code's "
+                                         "default, no_scale_embedding=False).")
 
     def validate(self, cfg: ModelConfig) -> None:
         if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
@@ -108,7 +111,8 @@ def TNL(config: ModelConfig) -> LanguageModel:  # noqa: N802 (a model constructo
     """tokens [batch, length] -> float32 logits [batch, length, vocab]; with LRPE, the first block
     (the only one with LRPE) is the stack's unscanned prefix."""
     prefix = (functools.partial(Block, lrpe=True),) if config.options.lrpe else ()
-    return LanguageModel(config, pattern=(Block,), prefix=prefix, final_norm=functools.partial(RMSNorm, use_scale=False))
+    return LanguageModel(config, pattern=(Block,), prefix=prefix, final_norm=functools.partial(RMSNorm, use_scale=False),
+                         embed_scale=math.sqrt(config.d_model) if config.options.scale_embedding else 1.0)
 
 
 def linear_attention_flops_per_token(cfg: ModelConfig) -> float:

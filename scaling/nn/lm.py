@@ -20,8 +20,9 @@ class LanguageModel(nn.Module):
     """tokens [batch, length] -> float32 logits [batch, length, vocab].
 
     The blocks are a `Stack` of `prefix` then `pattern` repeated (scaling/nn/stack.py).
-    `final_norm()` (None: no norm) precedes the untied head; `logit_scale(config, name=...)()`
-    (optional) multiplies the logits (nGPT's s_z).
+    The token embeddings are multiplied by `embed_scale` (TNL's sqrt(d)); `final_norm()` (None: no
+    norm) precedes the untied head; `logit_scale(config, name=...)()` (optional) multiplies the logits
+    (nGPT's s_z).
     Call modes: `train` (dropout, router jitter); `autoregressive` computes every position from it
     and earlier tokens only, as sampling does; decoding (a mutable 'cache') requires it.
     """
@@ -31,6 +32,7 @@ class LanguageModel(nn.Module):
     prefix: tuple[Block, ...] = ()
     final_norm: Callable[..., nn.Module] | None = RMSNorm
     logit_scale: Callable[..., nn.Module] | None = None
+    embed_scale: float = 1.0
 
     @nn.compact
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, train: bool = False,
@@ -38,6 +40,8 @@ class LanguageModel(nn.Module):
         cfg = self.config
         positions = default_positions(tokens) if positions is None else positions
         x = Embed(cfg, name="embed")(tokens)
+        if self.embed_scale != 1.0:
+            x = x * jnp.asarray(self.embed_scale, x.dtype)
         x = Stack(cfg, self.pattern, self.prefix, name="blocks")(x, positions, train, autoregressive)
         if self.final_norm is not None:
             x = self.final_norm(name="final_norm")(x)
