@@ -6,6 +6,7 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import command_env
@@ -16,6 +17,7 @@ from scaling import sharding
 from scaling.config import MeshConfig, ModelConfig
 from scaling.models.registry import get_architecture, model_config
 from scaling.models.tnl import TNL, alibi_slopes, layer_decays
+from scaling.nn.lrpe import LRPE
 from scaling.nn.stack import layer_params, stack_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +50,18 @@ def test_embeddings_are_scaled_by_sqrt_d_as_in_the_official_code(tnl_model):
     np.testing.assert_allclose(scaled.apply({"params": params}, tokens),
                                unscaled.apply({"params": lifted}, tokens), rtol=1e-5, atol=1e-5)
     assert not np.allclose(scaled.apply({"params": params}, tokens), unscaled.apply({"params": params}, tokens))
+
+
+def test_lrpe_is_relative_and_initialised_as_the_official_code():
+    q, k = (jax.random.normal(jax.random.key(i), (1, 6, 2, 4)) for i in (0, 1))
+    positions = jnp.arange(6)[None]
+    lrpe = LRPE()
+    params = lrpe.init(jax.random.key(2), q, positions)
+    theta = nn.unbox(params)["params"]["theta"]
+    np.testing.assert_allclose(theta.reshape(-1), 10000.0 ** (-2.0 * np.arange(8) / 8), rtol=1e-6)  # heads in a row
+    scores = lambda shift: jnp.einsum("bthd,bshd->bhts", lrpe.apply(params, q, positions + shift),
+                                      lrpe.apply(params, k, positions + shift))
+    np.testing.assert_allclose(scores(0), scores(37), rtol=1e-4, atol=1e-4)  # only t - s matters
 
 
 def test_scanned_and_unrolled_stacks_compute_the_same_function(tnl_model):

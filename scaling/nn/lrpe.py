@@ -3,7 +3,9 @@ Encoding", and TransNormerLLM section 3.1), the form usable inside linear attent
 
 q_t -> [q_t cos(theta t), q_t sin(theta t)] and likewise k_s, so that the inner product becomes
 sum_i q_ti k_si cos(theta_i (t - s)): relative, and still a plain dot product of feature maps.
-The head dim doubles; theta [heads, d_head] is learned, initialised to 10000^(-2i/d_head).
+The head dim doubles; theta [heads, d_head] is learned, initialised as in the official code: the
+heads' dims in a row, i = h d_head + j of d = heads x d_head, theta_i = 10000^(-2i/d), so each head
+covers its own band of frequencies.
 """
 import flax.linen as nn
 import jax
@@ -11,10 +13,10 @@ import jax.numpy as jnp
 
 
 def lrpe_init(key, shape, dtype=jnp.float32) -> jax.Array:
-    """theta_{h,i} = 10000^(-2i/d) for every head."""
+    """theta_{h,j} = 10000^(-2i/d), i = h d_head + j, d = heads x d_head."""
     del key
-    heads, dim = shape
-    return jnp.broadcast_to(10000.0 ** (-2.0 * jnp.arange(dim, dtype=dtype) / dim), (heads, dim))
+    size = shape[0] * shape[1]
+    return (10000.0 ** (-2.0 * jnp.arange(size, dtype=dtype) / size)).reshape(shape)
 
 
 class LRPE(nn.Module):
