@@ -6,7 +6,7 @@ grid and the best of each (lowest final eval loss) is compared. --metric eval_ca
 the loss of the pass sampling takes instead (it differs only where training routes a token by later
 ones: mod, staged mode; the other side's eval loss is that already). Writes <workdir>/curves.json (both
 curves, speedup vs steps and vs wall time = steps x the step time measured side by side, the sweep) and speedup.png.
-Every run lives in <workdir>/runs/<arch>-lr<lr>/; re-running the same command resumes.
+Every run lives in <workdir>/runs/<arch>-lr<lr>[-seed<seed>]/; re-running the same command resumes.
 The model is given as for experiments.train (--size or --d_model ...); --arch is not used.
 """
 import json
@@ -124,7 +124,8 @@ def run_side(runs, workdir, mesh_cfg) -> dict:
     edge = len(by_lr) > 1 and best_lr in (min(by_lr), max(by_lr))
     return {"arch": model_cfg.arch, "learning_rate": best_lr, "run_dir": rows[0]["run_dir"],
             **{key: mean(rows, key) for key in ("final_eval_loss", "final_eval_causal_loss")}, "seeds": rows,
-            "params": ARCHITECTURES[model_cfg.arch].counts(model_cfg).params, "model": model_cfg, "sweep": sweep, "best_at_grid_edge": edge}
+            "params": ARCHITECTURES[model_cfg.arch].counts(model_cfg).params, "model": model_cfg, "sweep": sweep,
+            "best_at_grid_edge": edge}
 
 
 def step_times(model_cfgs, mesh_cfg) -> list[float]:

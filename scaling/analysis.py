@@ -996,8 +996,8 @@ def format_speedup_report(report) -> str:
                      + (f", causal pass (as sampled) {causal:.4f}" if causal != s["final_eval_loss"] else ""))
     difference = report.get("difference") or {}
     if len(difference.get("seeds", [])) > 1:
-        lines.append(f"variant - baseline, {difference['metric']}: {difference['mean']:+.4f} (sd {difference['std']:.4f}"
-                     f" over seeds {', '.join(map(str, difference['seeds']))})")
+        lines.append(f"variant - baseline, {difference['metric']}: {difference['mean']:+.4f} "
+                     f"(sd {difference['std']:.4f} over seeds {', '.join(map(str, difference['seeds']))})")
     lines.append(f"step time: {timing['baseline_s'] * 1e3:.1f} ms vs {timing['variant_s'] * 1e3:.1f} ms "
                  f"({timing['overhead']:+.0%})")
     return "\n".join(lines + format_speedup_headlines(report["summary"]))

@@ -74,7 +74,8 @@ def test_seeds_compare_mean_curves_and_report_the_difference_per_seed(tmp_path):
     assert report["setup"]["seeds"] == difference["seeds"] == [3, 4]
     assert difference["per_seed"] == pytest.approx([finals[f"ngpt-lr0.01-seed{s}"] - finals[f"gpt-lr0.01-seed{s}"]
                                                     for s in (3, 4)])
-    assert report["baseline"]["final_eval_loss"] == pytest.approx((finals["gpt-lr0.01-seed3"] + finals["gpt-lr0.01-seed4"]) / 2)
+    baseline = (finals["gpt-lr0.01-seed3"] + finals["gpt-lr0.01-seed4"]) / 2
+    assert report["baseline"]["final_eval_loss"] == pytest.approx(baseline)
     seeds = [analysis.eval_curve(analysis.load_metrics(workdir / "runs" / f"gpt-lr0.01-seed{s}")) for s in (3, 4)]
     np.testing.assert_allclose(report["steps"]["baseline"]["losses"], (seeds[0][1] + seeds[1][1]) / 2, rtol=1e-6)
     section = report_module.speedup_section(str(workdir))

@@ -111,7 +111,8 @@ def TNL(config: ModelConfig) -> LanguageModel:  # noqa: N802 (a model constructo
     """tokens [batch, length] -> float32 logits [batch, length, vocab]; with LRPE, the first block
     (the only one with LRPE) is the stack's unscanned prefix."""
     prefix = (functools.partial(Block, lrpe=True),) if config.options.lrpe else ()
-    return LanguageModel(config, pattern=(Block,), prefix=prefix, final_norm=functools.partial(RMSNorm, use_scale=False),
+    return LanguageModel(config, pattern=(Block,), prefix=prefix,
+                         final_norm=functools.partial(RMSNorm, use_scale=False),
                          embed_scale=math.sqrt(config.d_model) if config.options.scale_embedding else 1.0)
 
 
