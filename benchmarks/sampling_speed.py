@@ -63,11 +63,12 @@ def main() -> None:
     for run, (cfg, params), timed, generated in zip(args.runs.split(","), models, times, outputs):
         seconds = statistics.median(timed)
         text = jnp.concatenate([jnp.asarray(prompt), generated], axis=1)
+        routed = routed_fraction(cfg, params, text)  # None: the model routes nothing, nor will it on held-out text
+        held_out = None if routed is None else routed_fraction(cfg, params, held_out_tokens(run, cfg))
         print(json.dumps({
             "run": run, "arch": cfg.arch, "d_model": cfg.d_model, "n_layers": cfg.n_layers, "batch": args.batch,
             "num_tokens": args.num_tokens, "tokens_per_s": args.batch * args.num_tokens / seconds,
-            "time_ratio": seconds / first, "routed_frac": routed_fraction(cfg, params, text),
-            "routed_frac_held_out": routed_fraction(cfg, params, held_out_tokens(run, cfg)),
+            "time_ratio": seconds / first, "routed_frac": routed, "routed_frac_held_out": held_out,
             "device": jax.devices()[0].device_kind,
         }))
 
