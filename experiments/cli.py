@@ -4,11 +4,12 @@ Each flag is a config field (scaling/config.py, and every registered architectur
 type, default and help come from the field, so an option is declared once.
 """
 import dataclasses
+import os
 import sys
 
 from absl import app, flags, logging
 
-from scaling import data, distributed
+from scaling import compiler, data, distributed
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError, option_fields
 from scaling.models.registry import ARCHITECTURES, get_architecture
 from scaling.shapes import d_ff_for, shape_for_params
@@ -85,11 +86,22 @@ def define_common_flags() -> None:
     flags.DEFINE_string("workdir", None, "Output directory.")
     flags.DEFINE_float("device_memory_gib", None, "Memory of one device to fit runs to (default: what the device "
                                                   "reports; a CPU reports none and nothing is fitted).")
+    flags.DEFINE_string("compilation_cache", None, "Directory (local or gs://) keeping compiled steps, loaded instead "
+                                                   "of compiling them again when a run resumes (default: "
+                                                   "<workdir>/compilation_cache; 'none': keep nothing).")
 
 
 def given(name: str) -> bool:
     """True when flag `name` was set on the command line."""
     return FLAGS[name].present > 0
+
+
+def keep_compiled(workdir: str) -> None:
+    """Compiled steps kept in --compilation_cache, by default in `workdir` (every host that reads the
+    workdir, as on a pod with a gs:// one, then loads them when the command is run again)."""
+    root = FLAGS.compilation_cache or os.path.join(workdir, "compilation_cache")
+    if root != "none":
+        compiler.keep_compiled(root)
 
 
 def mesh_config() -> MeshConfig:
@@ -104,18 +116,19 @@ def device_memory_gib() -> float | None:
     return gib
 
 
-def _values(config_type, skip: tuple[str, ...] = ()) -> dict:
-    return {f.name: FLAGS[f.name].value for f in option_fields(config_type) if f.name not in skip}
-
-
-def model_config(arch: str | None = None) -> ModelConfig:
-    """The model from --size or the explicit shape flags (not both), vocabulary from the data source."""
+def model_config(arch: str | None = None, overrides: dict | None = None) -> ModelConfig:
+    """The model from --size or the explicit shape flags (not both), vocabulary from the data source;
+    `overrides` ({flag name: value}, from `model_overrides`) replace those flags' values."""
     spec = get_architecture(arch or FLAGS.arch)
-    fields = _values(ModelConfig, skip=("arch", "vocab_size", *SHAPE_FLAGS))
+    overrides = overrides or {}
+    value = lambda name: overrides[name] if name in overrides else FLAGS[name].value
+    fields = {f.name: value(f.name) for f in option_fields(ModelConfig)
+              if f.name not in ("arch", "vocab_size", *SHAPE_FLAGS)}
     vocab = FLAGS.vocab_size if given("vocab_size") else data.vocab_size(FLAGS.data, FLAGS.tokenizer, FLAGS.data_dir,
                                                                          FLAGS.text_key)
-    base = ModelConfig(arch=spec.name, vocab_size=vocab, options=spec.options(**_values(spec.options)), **fields)
-    shape = {name: FLAGS[name].value for name in SHAPE_FLAGS if given(name)}
+    options = spec.options(**{f.name: value(f.name) for f in option_fields(spec.options)})
+    base = ModelConfig(arch=spec.name, vocab_size=vocab, options=options, **fields)
+    shape = {name: value(name) for name in SHAPE_FLAGS if given(name) or name in overrides}
     if FLAGS.size is not None:
         if shape:
             flags_given = ", ".join(f"--{name}" for name in shape)
@@ -124,6 +137,24 @@ def model_config(arch: str | None = None) -> ModelConfig:
     if "d_model" in shape and "d_ff" not in shape:
         shape["d_ff"] = d_ff_for(shape["d_model"])
     return dataclasses.replace(base, **shape).validate()
+
+
+def model_overrides(flag: str, arch: str) -> dict:
+    """{flag name: parsed value} of --`flag`, "name=value,name=value": model flags of `arch` (its
+    options and ModelConfig's, but for arch and vocab_size), each value parsed as that flag parses it."""
+    names = {f.name for f in option_fields(ModelConfig) + option_fields(get_architecture(arch).options)}
+    names -= {"arch", "vocab_size"}
+    overrides = {}
+    for item in filter(None, (part.strip() for part in FLAGS[flag].value.split(","))):
+        name, equals, text = (part.strip() for part in item.partition("="))
+        if not equals or name not in names:
+            raise UsageError(f"--{flag}", f"{item!r} is not name=value of a model flag of {arch} "
+                                          "(e.g. n_layers=8)")
+        try:
+            overrides[name] = FLAGS[name].parser.parse(text)
+        except ValueError as error:
+            raise UsageError(f"--{flag}", f"{name}: {error}") from None
+    return overrides
 
 
 def train_config(**overrides) -> TrainConfig:

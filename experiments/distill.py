@@ -121,6 +121,7 @@ def _report(teacher: Run, baseline: Run, student_loss: float, workdir: str, base
 def main(argv) -> None:
     del argv
     FLAGS = flags.FLAGS
+    cli.keep_compiled(FLAGS.workdir)
     summary = distill(FLAGS.teacher, FLAGS.baseline, FLAGS.workdir, cli.mesh_config(), FLAGS.log_every)
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))

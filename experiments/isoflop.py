@@ -119,6 +119,7 @@ def main(argv) -> None:
     workdir = FLAGS.workdir or "runs/isoflop-" + "-".join(f"{b:.3g}" for b in plan["budgets"])
     if not FLAGS.dry_run:
         sweep.check_workdir(workdir, plan)
+        cli.keep_compiled(workdir)
     plan = sweep.fit_plan(plan, mesh_cfg, fitting.device_memory(memory_gib), devices=devices)
     seconds = sweep.estimate_on_target(plan, *target) if target else sweep.estimate_seconds(plan, mesh_cfg)
     print(sweep.format_plan(plan, seconds))

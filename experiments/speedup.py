@@ -6,8 +6,11 @@ grid and the best of each (lowest final eval loss) is compared. --metric eval_ca
 the loss of the pass sampling takes instead (it differs only where training routes a token by later
 ones: mod, staged mode; the other side's eval loss is that already). Writes <workdir>/curves.json (both
 curves, speedup vs steps and vs wall time = steps x the step time measured side by side, the sweep) and speedup.png.
-Every run lives in <workdir>/runs/<arch>-lr<lr>[-seed<seed>]/; re-running the same command resumes.
-The model is given as for experiments.train (--size or --d_model ...); --arch is not used.
+Every run lives in <workdir>/runs/<arch>[-<name>=<value>...]-lr<lr>[-seed<seed>]/; re-running the same
+command resumes. The model is given as for experiments.train (--size or --d_model ...); --arch is not
+used. --baseline_options and --variant_options set model flags for one side only (the sides may then be
+one architecture: an ablation), e.g. --baseline switch --baseline_options capacity_factor=0.625
+--variant mode --variant_options mode_variant=integrated,noop_experts=8.
 """
 import json
 import math
@@ -25,6 +28,9 @@ from scaling.train.loop import train
 
 flags.DEFINE_string("baseline", "gpt", "Architecture of the control.")
 flags.DEFINE_string("variant", "ngpt", "Architecture compared against the baseline.")
+flags.DEFINE_string("baseline_options", "", "Model flags of the baseline only, as name=value pairs separated by "
+                                            "commas (e.g. capacity_factor=0.625); they replace the shared flags.")
+flags.DEFINE_string("variant_options", "", "Model flags of the variant only, as --baseline_options.")
 flags.DEFINE_bool("lr_sweep", True, "Sweep --sweep_lrs for both sides and compare the best of each "
                                     "(--nolr_sweep: both use --learning_rate).")
 flags.DEFINE_string("sweep_lrs", "1e-3,3e-3,1e-2,3e-2", "Comma-separated peak learning rates, the same for both sides.")
@@ -41,17 +47,26 @@ cli.define_common_flags()
 FLAGS = flags.FLAGS
 MIN_EVALS = 5
 EVALS_PER_RUN = 25
+SIDES = ("baseline", "variant")
 
 
-def arch_names() -> tuple[str, str]:
-    """(baseline, variant), both registered and different."""
-    for flag in ("baseline", "variant"):
-        if FLAGS[flag].value not in ARCHITECTURES:
-            raise UsageError(f"--{flag}", f"unknown architecture {FLAGS[flag].value!r}; "
+def side_models() -> dict[str, tuple[str, dict]]:
+    """{side: (architecture, its --<side>_options)}, the architectures registered (the sides share the data:
+    not seq_len)."""
+    for side in SIDES:
+        if FLAGS[side].value not in ARCHITECTURES:
+            raise UsageError(f"--{side}", f"unknown architecture {FLAGS[side].value!r}; "
                                           f"choose from {', '.join(ARCHITECTURES)}")
-    if FLAGS.baseline == FLAGS.variant:
-        raise UsageError("--variant", f"equals --baseline={FLAGS.baseline}; compare two different architectures")
-    return FLAGS.baseline, FLAGS.variant
+    models = {side: (FLAGS[side].value, cli.model_overrides(f"{side}_options", FLAGS[side].value)) for side in SIDES}
+    for side, (_, options) in models.items():
+        if "seq_len" in options:
+            raise UsageError(f"--{side}_options", "seq_len is the data's, the same for both sides: set --seq_len")
+    return models
+
+
+def label(arch: str, options: dict) -> str:
+    """The name of one side in reports: the architecture, with its own options."""
+    return arch + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
 
 
 def learning_rates() -> list[float]:
@@ -75,21 +90,24 @@ def seeds() -> list[int]:
     return [FLAGS.seed + i for i in range(FLAGS.seeds)]
 
 
-def plan_runs(names, lrs, mesh_cfg) -> dict[str, list[tuple]]:
-    """{arch: [(model_cfg, train_cfg)] per learning rate and seed}, every config validated before anything
+def plan_runs(models, lrs, mesh_cfg) -> dict[str, list[tuple]]:
+    """{side: [(model_cfg, train_cfg)] per learning rate and seed}, every config validated before anything
     runs."""
-    probe = cli.model_config(names[0])
-    steps = cli.train_config().validate(probe.seq_len).steps(probe.seq_len)
+    model_cfgs = {side: cli.model_config(arch, options) for side, (arch, options) in models.items()}
+    if model_cfgs["baseline"] == model_cfgs["variant"]:
+        raise UsageError("--variant", f"gives the baseline's model ({FLAGS.baseline}); compare two architectures, "
+                                      "or set options of one side (--variant_options)")
+    seq_len = model_cfgs["baseline"].seq_len
+    steps = cli.train_config().validate(seq_len).steps(seq_len)
     eval_every = FLAGS.eval_every or max(1, steps // EVALS_PER_RUN)
     if steps // eval_every < MIN_EVALS:
         raise UsageError("--tokens", f"{steps} steps give {steps // eval_every} evals at --eval_every={eval_every}; "
                                      f"raise --tokens or lower --eval_every to get at least {MIN_EVALS}")
     mesh = sharding.make_mesh(mesh_cfg)
     runs = {}
-    for name in names:
-        model_cfg = cli.model_config(name)
-        ARCHITECTURES[name].check_fits(mesh, model_cfg, FLAGS.batch_size)
-        runs[name] = [(model_cfg, cli.train_config(learning_rate=lr, eval_every=eval_every, seed=seed)
+    for side, model_cfg in model_cfgs.items():
+        ARCHITECTURES[model_cfg.arch].check_fits(mesh, model_cfg, FLAGS.batch_size)
+        runs[side] = [(model_cfg, cli.train_config(learning_rate=lr, eval_every=eval_every, seed=seed)
                        .validate(model_cfg.seq_len)) for lr in lrs for seed in seeds()]
     return runs
 
@@ -100,20 +118,22 @@ def _finite(loss: float | None) -> float:
     return loss if loss is not None and math.isfinite(loss) else math.inf
 
 
-def run_name(arch: str, train_cfg) -> str:
-    """<arch>-lr<lr>, with -seed<seed> for seeds other than 0."""
-    return f"{arch}-lr{train_cfg.learning_rate:g}" + (f"-seed{train_cfg.seed}" if train_cfg.seed else "")
+def run_name(arch: str, options: dict, train_cfg) -> str:
+    """<arch>[-<name>=<value>...]-lr<lr>, with -seed<seed> for seeds other than 0."""
+    return "-".join([arch, *(f"{k}={v}" for k, v in options.items()), f"lr{train_cfg.learning_rate:g}"]) + (
+        f"-seed{train_cfg.seed}" if train_cfg.seed else "")
 
 
-def run_side(runs, workdir, mesh_cfg) -> dict:
-    """Trains (or resumes) every learning rate and seed of one side; returns the best learning rate (the
-    lowest mean final loss over the seeds) with its runs, and the sweep of mean losses.
+def run_side(runs, options, workdir, mesh_cfg) -> dict:
+    """Trains (or resumes) every learning rate and seed of one side (its model flags `options` beside the
+    shared ones); returns the best learning rate (the lowest mean final loss over the seeds) with its
+    runs, and the sweep of mean losses.
 
     "best_at_grid_edge" flags a best learning rate at either end of a sweep: widen the grid.
     """
     by_lr = {}
     for model_cfg, train_cfg in runs:
-        run_dir = os.path.join(workdir, "runs", run_name(model_cfg.arch, train_cfg))
+        run_dir = os.path.join(workdir, "runs", run_name(model_cfg.arch, options, train_cfg))
         summary = train(model_cfg, train_cfg, mesh_cfg, run_dir)
         losses = {f"final_{key}": _finite(summary[f"final_{key}"]) for key in ("eval_loss", "eval_causal_loss")}
         by_lr.setdefault(train_cfg.learning_rate, []).append({"seed": train_cfg.seed, "run_dir": run_dir, **losses})
@@ -122,7 +142,8 @@ def run_side(runs, workdir, mesh_cfg) -> dict:
     best_lr = min(by_lr, key=lambda lr: sweep[f"{lr:g}"])
     rows, model_cfg = by_lr[best_lr], runs[0][0]
     edge = len(by_lr) > 1 and best_lr in (min(by_lr), max(by_lr))
-    return {"arch": model_cfg.arch, "learning_rate": best_lr, "run_dir": rows[0]["run_dir"],
+    return {"arch": model_cfg.arch, "options": options, "label": label(model_cfg.arch, options),
+            "learning_rate": best_lr, "run_dir": rows[0]["run_dir"],
             **{key: mean(rows, key) for key in ("final_eval_loss", "final_eval_causal_loss")}, "seeds": rows,
             "params": ARCHITECTURES[model_cfg.arch].counts(model_cfg).params, "model": model_cfg, "sweep": sweep,
             "best_at_grid_edge": edge}
@@ -173,13 +194,15 @@ def paired_difference(base_seeds: list[dict], var_seeds: list[dict]) -> dict:
 
 def main(argv) -> None:
     del argv
-    names = arch_names()
+    models = side_models()
     lrs = learning_rates()
     mesh_cfg = cli.mesh_config()
-    runs = plan_runs(names, lrs, mesh_cfg)
-    probe = runs[names[0]][0][0]
-    workdir = FLAGS.workdir or f"runs/speedup-{names[0]}-{names[1]}-T{probe.seq_len}"
-    base, var = (run_side(runs[name], workdir, mesh_cfg) for name in names)
+    runs = plan_runs(models, lrs, mesh_cfg)
+    probe = runs["baseline"][0][0]
+    arch_pair = "-".join(arch for arch, _ in models.values())
+    workdir = FLAGS.workdir or f"runs/speedup-{arch_pair}-T{probe.seq_len}"
+    cli.keep_compiled(workdir)
+    base, var = (run_side(runs[side], models[side][1], workdir, mesh_cfg) for side in SIDES)
     result = report(base, var, mesh_cfg)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "curves.json"), "w") as f:

@@ -26,6 +26,7 @@ def main(argv) -> None:
     model_cfg = cli.model_config()
     train_cfg = cli.train_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"train-{model_cfg.arch}-d{model_cfg.d_model}-l{model_cfg.n_layers}")
+    cli.keep_compiled(workdir)
     summary = train(model_cfg, train_cfg, cli.mesh_config(), workdir, device_memory_gib=cli.device_memory_gib())
     if summary["status"] == "diverged":
         diverged = summary["diverged"]

@@ -947,12 +947,17 @@ def _draw_speedup_pair(ax_loss, ax_speed, curve, labels, xlabel: str) -> None:
     ax_loss.legend(fontsize="small")
 
 
+def side_label(side: dict) -> str:
+    """The name of one side of a speedup report: its architecture, with the options only it has."""
+    return side.get("label", side["arch"])
+
+
 def plot_speedup_report(report, path) -> Figure:
     """The speedup figure of `experiments.speedup`: loss and speedup against steps (top) and wall time
     (bottom), the learning-rate sweep of both sides, and the headline numbers.
     `report` is the curves.json content. Saves a PNG at `path` and returns the figure."""
     base, var = report["baseline"], report["variant"]
-    labels = (f"{base['arch']} (lr {base['learning_rate']:g})", f"{var['arch']} (lr {var['learning_rate']:g})")
+    labels = tuple(f"{side_label(side)} (lr {side['learning_rate']:g})" for side in (base, var))
     fig = Figure(figsize=(15, 8.5), layout="constrained")
     axes = fig.subplots(2, 3)
     _draw_speedup_pair(axes[0, 0], axes[0, 1], report["steps"], labels, "step")
@@ -961,7 +966,7 @@ def plot_speedup_report(report, path) -> Figure:
     for side, colour in ((base, "0.35"), (var, "C0")):
         lrs = sorted(side["sweep"], key=float)
         ax_lr.plot([float(lr) for lr in lrs], [side["sweep"][lr] for lr in lrs], color=colour, marker="o",
-                   label=side["arch"])
+                   label=side_label(side))
     ax_lr.set(xscale="log", xlabel="peak learning rate", ylabel="final eval loss", title="LR sweep (same grid)")
     grid = sorted({float(lr) for side in (base, var) for lr in side["sweep"]})
     ax_lr.set_xticks(grid, [f"{lr:g}" for lr in grid])
@@ -969,7 +974,7 @@ def plot_speedup_report(report, path) -> Figure:
     ax_lr.legend(fontsize="small")
     axes[1, 2].axis("off")
     axes[1, 2].text(0.0, 1.0, format_speedup_report(report), va="top", family="monospace", fontsize=9)
-    fig.suptitle(f"{var['arch']} vs {base['arch']}: speedup in steps to reach the same eval loss")
+    fig.suptitle(f"{side_label(var)} vs {side_label(base)}: speedup in steps to reach the same eval loss")
     fig.savefig(path, dpi=110)
     return fig
 
@@ -991,7 +996,7 @@ def format_speedup_report(report) -> str:
         s = report[side]
         edge = " (best LR at the grid's edge)" if s.get("best_at_grid_edge") else ""
         causal = s.get("final_eval_causal_loss", s["final_eval_loss"])
-        lines.append(f"{s['arch']}: {s['params']:,} params, lr {s['learning_rate']:g}{edge}, "
+        lines.append(f"{side_label(s)}: {s['params']:,} params, lr {s['learning_rate']:g}{edge}, "
                      f"final eval {s['final_eval_loss']:.4f}"
                      + (f", causal pass (as sampled) {causal:.4f}" if causal != s["final_eval_loss"] else ""))
     difference = report.get("difference") or {}
@@ -1022,7 +1027,7 @@ def speedup_from_runs(baseline_run, variant_run, smooth: float = 0.2) -> dict:
 def plot_speedup_curves(report, path) -> Figure:
     """Eval loss and speedup against steps (top) and wall time (bottom) of a curves.json content or a
     `speedup_from_runs` result, headlines in the title. Saves a PNG at `path` and returns the figure."""
-    labels = (report["baseline"]["arch"], report["variant"]["arch"])
+    labels = (side_label(report["baseline"]), side_label(report["variant"]))
     fig = Figure(figsize=(11, 8.5), layout="constrained")
     axes = fig.subplots(2, 2)
     _draw_speedup_pair(axes[0, 0], axes[0, 1], report["steps"], labels, "step")

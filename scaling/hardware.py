@@ -136,12 +136,25 @@ def _slice_shape(chips: int, dims: int) -> str:
 
 
 @functools.cache
+def _cpuinfo() -> str:
+    return open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+
+
 def cpu_description() -> dict:
     """The host CPU's model name and the instruction sets that decide XLA:CPU's kernels."""
-    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    info = _cpuinfo()
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
     return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "avx512f": " avx512f" in info,
             "avx2": " avx2" in info}
+
+
+def cpu_signature() -> str:
+    """What XLA:CPU compiles for, as one line: the machine, the CPU's model name and its instruction sets."""
+    fields = {}
+    for line in _cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return " ".join([platform.machine(), cpu_description()["cpu"], fields.get("flags", fields.get("Features", ""))])
 
 
 def describe_devices() -> str:

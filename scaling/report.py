@@ -252,7 +252,8 @@ def _lr_sweep_table(report: dict) -> list[str]:
     if len(rates) < 2:
         return []
     cell = lambda sweep, lr: next((f"{loss:.4f}" for key, loss in sweep.items() if float(key) == lr), "")
-    return ["", f"| learning rate | {report['baseline']['arch']} | {report['variant']['arch']} |", "|---|---|---|",
+    base, var = (analysis.side_label(report[side]) for side in ("baseline", "variant"))
+    return ["", f"| learning rate | {base} | {var} |", "|---|---|---|",
             *(f"| {lr:g} | {cell(sweeps[0], lr)} | {cell(sweeps[1], lr)} |" for lr in rates)]
 
 
@@ -265,7 +266,8 @@ def _seeds_table(report: dict) -> list[str]:
     key, (base, var) = difference["metric"], (report[side] for side in ("baseline", "variant"))
     rows = [f"| {seed} | {b[key]:.4f} | {v[key]:.4f} | {d:+.4f} |"
             for seed, b, v, d in zip(difference["seeds"], base["seeds"], var["seeds"], difference["per_seed"])]
-    return ["", f"| seed | {base['arch']} | {var['arch']} | difference ({key}) |", "|---|---|---|---|", *rows,
+    names = " | ".join(analysis.side_label(side) for side in (base, var))
+    return ["", f"| seed | {names} | difference ({key}) |", "|---|---|---|---|", *rows,
             f"| mean | {base[key]:.4f} | {var[key]:.4f} | {difference['mean']:+.4f} (sd {difference['std']:.4f}) |"]
 
 
@@ -283,7 +285,7 @@ def speedup_section(workdir) -> str:
     for side in ("baseline", "variant"):
         s = report[side]
         edge = " (best at the grid's edge)" if s.get("best_at_grid_edge") else ""
-        lines.append(f"| {side} | {s['arch']} | {s['params']:,} | {s['learning_rate']:g}{edge} | "
+        lines.append(f"| {side} | {analysis.side_label(s)} | {s['params']:,} | {s['learning_rate']:g}{edge} | "
                      f"{s['final_eval_loss']:.4f} |" + (f" {causal[side]:.4f} |" * differs))
     lines += _lr_sweep_table(report) + _seeds_table(report)
     lines += ["", "| speedup vs | last defined | at | median, 2nd half | max | defined at |",
@@ -293,8 +295,8 @@ def speedup_section(workdir) -> str:
         lines.append(f"| {key} | {_times(s['last_defined'])} | {_num(s['last_defined_at'], '.4g')} | "
                      f"{_times(s['median_second_half'])} | {_times(s['max'])} | {s['defined_fraction']:.0%} |")
     return "\n".join(lines + [
-        "", f"Step time: {timing['baseline_s'] * 1e3:.2f} ms ({report['baseline']['arch']}) vs "
-            f"{timing['variant_s'] * 1e3:.2f} ms ({report['variant']['arch']}): ratio "
+        "", f"Step time: {timing['baseline_s'] * 1e3:.2f} ms ({analysis.side_label(report['baseline'])}) vs "
+            f"{timing['variant_s'] * 1e3:.2f} ms ({analysis.side_label(report['variant'])}): ratio "
             f"{timing['variant_s'] / timing['baseline_s']:.3f} (variant / baseline), measured side by side."])
 
 

@@ -1,5 +1,5 @@
-"""Pod readiness: divergence stops a run cleanly, SIGTERM checkpoints and resumes to the same end,
-and every shared file goes through etils.epath (tested on a non-local scheme that runs offline)."""
+"""Pod readiness: divergence stops a run cleanly, SIGTERM checkpoints and resumes to the same end
+(loading its compiled train step rather than compiling it again), and every shared file goes through etils.epath (tested on a non-local scheme that runs offline)."""
 import dataclasses
 import importlib
 import json
@@ -81,7 +81,7 @@ def preemptible(tmp_path_factory):
     root = tmp_path_factory.mktemp("preempt")
     args = ["--d_model", "32", "--n_heads", "2", "--seq_len", "32", "--batch_size", "8", "--tokens", str(400 * 8 * 32),
             "--data", "synthetic", "--eval_every", "400", "--log_every", "5", "--checkpoint_every", "1000"]
-    env = command_env()
+    env = {**command_env(), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # keep even quick compiles
 
     def command(name):
         return [sys.executable, "-m", "experiments.train", *args, "--workdir", str(root / name)]
@@ -103,7 +103,10 @@ def test_sigterm_saves_the_current_step_and_resuming_ends_like_the_uninterrupted
     assert process.returncode == 143 and len(lines) == 1 and "stopped at step" in lines[0], stderr
     stopped_at = int(lines[0].split("stopped at step ")[1].split()[0])
     assert 0 < stopped_at < 400 and max(map(int, os.listdir(root / "stopped" / "checkpoints"))) == stopped_at
-    subprocess.run(command("stopped"), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    resuming = subprocess.run(command("stopped"), cwd=REPO, env={**env, "JAX_LOG_COMPILES": "1"}, check=True,
+                              capture_output=True, text=True, timeout=600)
+    assert "Persistent compilation cache hit for 'jit_train_step'" in resuming.stderr  # kept in the workdir
+    assert list((root / "stopped" / "compilation_cache").glob("cpu-*/jit_train_step-*"))
     whole, resumed = (json.loads((root / name / "summary.json").read_text()) for name in ("whole", "stopped"))
     assert resumed["final_eval_loss"] == pytest.approx(whole["final_eval_loss"], rel=1e-5)
     a, b = (ocp.StandardCheckpointer().restore(root / name / "checkpoints" / "400" / "default")["params"]

@@ -23,8 +23,16 @@ TINY = ["--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "32
         (["--sweep_lrs", ""], "--sweep_lrs"),
         (["--sweep_lrs", "1e-3,-1e-2"], "--sweep_lrs"),
         (["--seeds", "0"], "--seeds"),
+        (["--baseline_options", "nosuch=1"], "--baseline_options"),
+        (["--variant_options", "n_layers"], "--variant_options"),
+        (["--variant_options", "num_experts=8"], "--variant_options"),
+        (["--variant_options", "n_layers=two"], "--variant_options"),
+        (["--variant", "gpt", "--variant_options", "n_layers=1"], "--variant"),
+        (["--variant_options", "seq_len=64"], "--variant_options"),
     ],
-    ids=["same", "unknown-variant", "unknown-baseline", "too-few-evals", "empty-sweep", "negative-lr", "no-seeds"],
+    ids=["same", "unknown-variant", "unknown-baseline", "too-few-evals", "empty-sweep", "negative-lr", "no-seeds",
+         "unknown-option", "no-value", "option-of-another-arch", "bad-value", "same-options",
+         "own-seq-len"],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, flag):
     workdir = tmp_path / "speedup"
@@ -80,6 +88,25 @@ def test_seeds_compare_mean_curves_and_report_the_difference_per_seed(tmp_path):
     np.testing.assert_allclose(report["steps"]["baseline"]["losses"], (seeds[0][1] + seeds[1][1]) / 2, rtol=1e-6)
     section = report_module.speedup_section(str(workdir))
     assert "| seed | gpt | ngpt | difference (final_eval_loss) |" in section and "(sd " in section
+
+
+def test_options_of_one_side_make_an_ablation(tmp_path):
+    workdir = tmp_path / "speedup"
+    result = run("experiments.speedup", *TINY, "--nolr_sweep", "--learning_rate", "1e-2", "--baseline", "gpt",
+                 "--variant", "gpt", "--variant_options", "n_layers=2, remat=full", "--compilation_cache", "none",
+                 "--workdir", str(workdir))
+    assert result.returncode == 0, result.stderr
+    assert not (workdir / "compilation_cache").exists()
+    names = sorted(p.name for p in (workdir / "runs").iterdir())
+    assert names == ["gpt-lr0.01", "gpt-n_layers=2-remat=full-lr0.01"]
+    models = {name: json.loads((workdir / "runs" / name / "config.json").read_text())["model"] for name in names}
+    assert [models[name]["n_layers"] for name in names] == [1, 2]
+    assert [models[name]["remat"] for name in names] == ["none", "full"]
+    report = json.loads((workdir / "curves.json").read_text())
+    assert report["variant"]["options"] == {"n_layers": 2, "remat": "full"} and report["baseline"]["options"] == {}
+    assert report["variant"]["params"] > report["baseline"]["params"]
+    section = report_module.speedup_section(str(workdir))
+    assert "| variant | gpt (n_layers=2, remat=full) |" in section and "| baseline | gpt |" in section
 
 
 def test_speedup_points_follow_the_definition(finished):

@@ -113,3 +113,16 @@ def test_cpu_steps_use_xla_kernels_where_the_cpu_lacks_avx512(avx512, monkeypatc
     decode = sample._decode_step(dataclasses.replace(tiny_model, seq_len=8 + avx512, remat="none"))  # uncached
     prompt = jax.ShapeDtypeStruct((2, 8), np.int32)
     assert ("__ynn_fusion" in decode.lower(run.abstract_state.params, {}, prompt, 0).compile().as_text()) == avx512
+
+
+def test_compiled_steps_are_kept_apart_for_cpus_of_other_instruction_sets(monkeypatch, tmp_path):
+    """XLA:CPU compiles for the host's instructions and jax's cache key does not name them, so a workdir
+    moved to another CPU must not load what was compiled for this one (scaling/compiler.py)."""
+    cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert ("avx2" in hardware.cpu_signature().split()) == (" avx2" in cpuinfo)
+    kept = []
+    monkeypatch.setattr(compiler.compilation_cache, "set_cache_dir", kept.append)
+    for flags in ("sse4_2 avx2", "sse4_2 avx2 avx512f", "sse4_2 avx2"):
+        monkeypatch.setattr(hardware, "cpu_signature", lambda: f"x86_64 Some CPU {flags}")
+        compiler.keep_compiled(str(tmp_path))
+    assert kept[0] == kept[2] != kept[1] and all(path.startswith(str(tmp_path / "cpu-")) for path in kept)
