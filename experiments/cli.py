@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 
 from scaling import compiler, data, distributed
@@ -88,7 +89,8 @@ def define_common_flags() -> None:
                                                   "reports; a CPU reports none and nothing is fitted).")
     flags.DEFINE_string("compilation_cache", None, "Directory (local or gs://) keeping compiled steps, loaded instead "
                                                    "of compiling them again when a run resumes (default: "
-                                                   "<workdir>/compilation_cache; 'none': keep nothing).")
+                                                   "<workdir>/compilation_cache, or JAX_COMPILATION_CACHE_DIR where "
+                                                   "set; 'none': keep nothing).")
 
 
 def given(name: str) -> bool:
@@ -98,10 +100,12 @@ def given(name: str) -> bool:
 
 def keep_compiled(workdir: str) -> None:
     """Compiled steps kept in --compilation_cache, by default in `workdir` (every host that reads the
-    workdir, as on a pod with a gs:// one, then loads them when the command is run again)."""
-    root = FLAGS.compilation_cache or os.path.join(workdir, "compilation_cache")
-    if root != "none":
-        compiler.keep_compiled(root)
+    workdir, as on a pod with a gs:// one, then loads them when the command is run again), unless jax
+    was given a cache directory of its own (JAX_COMPILATION_CACHE_DIR) and the flag is not set."""
+    if FLAGS.compilation_cache == "none":
+        jax.config.update("jax_compilation_cache_dir", None)
+    elif FLAGS.compilation_cache or not jax.config.jax_compilation_cache_dir:
+        compiler.keep_compiled(FLAGS.compilation_cache or os.path.join(workdir, "compilation_cache"))
 
 
 def mesh_config() -> MeshConfig:
