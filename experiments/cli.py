@@ -90,7 +90,7 @@ def define_common_flags() -> None:
     flags.DEFINE_string("compilation_cache", None, "Directory (local or gs://) keeping compiled steps, loaded instead "
                                                    "of compiling them again when a run resumes (default: "
                                                    "<workdir>/compilation_cache, or JAX_COMPILATION_CACHE_DIR where "
-                                                   "set; 'none': keep nothing).")
+                                                   "set; 'none': keep nothing; not used by bench).")
 
 
 def given(name: str) -> bool:
@@ -101,11 +101,13 @@ def given(name: str) -> bool:
 def keep_compiled(workdir: str) -> None:
     """Compiled steps kept in --compilation_cache, by default in `workdir` (every host that reads the
     workdir, as on a pod with a gs:// one, then loads them when the command is run again), unless jax
-    was given a cache directory of its own (JAX_COMPILATION_CACHE_DIR) and the flag is not set."""
+    was given a cache directory of its own (JAX_COMPILATION_CACHE_DIR)."""
     if FLAGS.compilation_cache == "none":
         jax.config.update("jax_compilation_cache_dir", None)
-    elif FLAGS.compilation_cache or not jax.config.jax_compilation_cache_dir:
-        compiler.keep_compiled(FLAGS.compilation_cache or os.path.join(workdir, "compilation_cache"))
+    elif FLAGS.compilation_cache:
+        compiler.keep_compiled(FLAGS.compilation_cache)
+    elif not jax.config.jax_compilation_cache_dir:
+        compiler.keep_compiled(os.path.join(workdir, "compilation_cache"))
 
 
 def mesh_config() -> MeshConfig:

@@ -1,5 +1,6 @@
 """Pod readiness: divergence stops a run cleanly, SIGTERM checkpoints and resumes to the same end
-(loading its compiled train step rather than compiling it again), and every shared file goes through etils.epath (tested on a non-local scheme that runs offline)."""
+(loading its compiled train step rather than compiling it again), and every shared file goes through
+etils.epath (tested on a non-local scheme that runs offline)."""
 import dataclasses
 import importlib
 import json
@@ -82,7 +83,7 @@ def preemptible(tmp_path_factory):
     args = ["--d_model", "32", "--n_heads", "2", "--seq_len", "32", "--batch_size", "8", "--tokens", str(400 * 8 * 32),
             "--data", "synthetic", "--eval_every", "400", "--log_every", "5", "--checkpoint_every", "1000"]
     env = command_env()
-    del env["JAX_COMPILATION_CACHE_DIR"]  # the suite's shared cache: this run keeps its own, as users' runs do
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the suite's shared cache: this run keeps its own, as users' runs do
 
     def command(name, *extra):
         return [sys.executable, "-m", "experiments.train", *args, *extra, "--workdir", str(root / name)]

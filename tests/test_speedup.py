@@ -31,8 +31,7 @@ TINY = ["--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "32
         (["--variant_options", "seq_len=64"], "--variant_options"),
     ],
     ids=["same", "unknown-variant", "unknown-baseline", "too-few-evals", "empty-sweep", "negative-lr", "no-seeds",
-         "unknown-option", "no-value", "option-of-another-arch", "bad-value", "same-options",
-         "own-seq-len"],
+         "unknown-option", "no-value", "option-of-another-arch", "bad-value", "same-options", "own-seq-len"],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, flag):
     workdir = tmp_path / "speedup"
