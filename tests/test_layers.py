@@ -10,6 +10,7 @@ import pytest
 
 from scaling.config import ModelConfig, UsageError
 from scaling.models.gpt import GPT, gpt_counts
+from scaling.nn import attention
 from scaling.nn.attention import masked_softmax
 from scaling.nn.norms import RMSNorm
 from scaling.nn.rope import apply_rope
@@ -58,6 +59,26 @@ def test_masked_softmax_derivatives_equal_those_through_its_formula():
     np.testing.assert_allclose(jax.jvp(lambda s: masked_softmax(s, visible), (scores,), (cotangent,))[1],
                                jax.jvp(through_formula, (scores,), (cotangent,))[1], rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(grad(cotangent)[0][:, 0]).max()) == 0.0
+
+
+def test_causal_query_blocks_equal_one_masked_square(monkeypatch):
+    """Blocked causal attention (blocks of 4 over 10 tokens, the last one short) equals the whole T x T
+    masked softmax, outputs and gradients, with and without a key mask (token 0 present: every query
+    sees a key)."""
+    q, k, v, cotangent = (jax.random.normal(jax.random.key(i), (2, 10, 3, 8)) for i in range(4))
+    present = jax.random.bernoulli(jax.random.key(5), 0.7, (2, 10)).at[:, 0].set(True)
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 4)
+    for mask in (None, present):
+        visible = jnp.tril(jnp.ones((10, 10), bool)) & (True if mask is None else mask[:, None, None, :])
+
+        def square(q, k, v, visible=visible):
+            return attention._masked_softmax_attention(q, k, v, 0.3, visible)
+
+        blocked, blocked_grad = jax.vjp(lambda *qkv, mask=mask: attention.causal_attention(*qkv, 0.3, mask), q, k, v)
+        expected, expected_grad = jax.vjp(square, q, k, v)
+        np.testing.assert_allclose(blocked, expected, rtol=1e-5, atol=1e-6)
+        for ours, theirs in zip(blocked_grad(cotangent), expected_grad(cotangent)):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_scanned_layers_keep_matmul_and_fused_attention_outputs():
