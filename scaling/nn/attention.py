@@ -58,13 +58,12 @@ def causal_attention(q, k, v, scale: float, mask: jax.Array | None = None) -> ja
 
     `mask` [batch, length] (optional) removes tokens as keys. Half-precision inputs compiled for a GPU
     go to cuDNN's fused flash attention, where cuDNN takes them (jax's default implementation is XLA's,
-    which materialises the scores). Elsewhere the scores are XLA's: the
-    queries go in blocks of QUERY_BLOCK, each scored against the keys up to its last position only,
-    so the blocks above the diagonal, which causality masks whole, are never computed (n query
-    blocks compute (n + 1) / 2n of the T x T scores). scaling.flops counts the full T x T, the usual
-    convention. On an AVX2-only CPU (README, Performance), side by side with the whole square, blocks
-    of 128 took 2-3%, 12% and 21-27% off the train step at 256, 512 and 1024 tokens; blocks of 64 were
-    slower at 256 and 1024.
+    which materialises the scores). Elsewhere the queries go in blocks of QUERY_BLOCK, each scored
+    against the keys up to its last position only, so the blocks above the diagonal, which causality
+    masks whole, are never computed (n blocks compute (n + 1) / 2n of the T x T scores; scaling.flops
+    counts the full square, the usual convention). On an AVX2-only CPU (README, Performance), side by
+    side with the whole square, blocks of 128 took 1.7-3.4%, 12% and 21-27% off the train step at 256,
+    512 and 1024 tokens; blocks of 64 were slower at 256 and 1024.
     """
     if mask is None and q.dtype in FUSED_DTYPES and compiling_for() == "gpu":
         try:
