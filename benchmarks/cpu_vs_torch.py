@@ -1,6 +1,7 @@
 """The train step against a plain PyTorch eager model of the same shape, side by side on the CPU:
 
     python -m benchmarks.cpu_vs_torch [--d_model 256 --n_layers 4 --n_heads 4 --seq_len 256 --batch_size 8]
+        [--layers looped|unrolled|separate]
 
 Both models are the baseline GPT of REFERENCE.md section 1 (RMSNorm, RoPE, causal softmax attention,
 SwiGLU, untied embeddings, no biases; float32) trained by AdamW with global-norm clipping on the
@@ -88,13 +89,17 @@ class TorchStep:
         self.optimizer.step()
 
 
+LAYERS = {"default": {}, "looped": {"unroll_layers": False}, "unrolled": {"unroll_layers": True},
+          "separate": {"scan_layers": False}}
+
+
 class JaxStep:
     """One step of the toolkit's compiled train step of the same shape."""
 
     def __init__(self, args):
         cfg = model_config("gpt", vocab_size=args.vocab_size, d_model=args.d_model, n_layers=args.n_layers,
                            n_heads=args.n_heads, d_ff=d_ff_for(args.d_model), seq_len=args.seq_len,
-                           scan_layers=not args.unrolled)
+                           **LAYERS[args.layers])
         run = fit_for_timing(cfg, args.batch_size, MeshConfig(data=1)).run
         self.step, self.state = run.compiled_train_step, run.init_state()
         self.batch = random_batch(run.model_cfg, args.batch_size, run.mesh)
@@ -114,7 +119,8 @@ def main() -> None:
     for name, default in (("d_model", 256), ("n_layers", 4), ("n_heads", 4), ("seq_len", 256), ("batch_size", 8),
                           ("vocab_size", 256), ("rounds", 20), ("warmup", 3)):
         parser.add_argument(f"--{name}", type=int, default=default)
-    parser.add_argument("--unrolled", action="store_true", help="Unroll the layers (default: scanned).")
+    parser.add_argument("--layers", choices=tuple(LAYERS), default="default",
+                        help="The scan over the layers looped or unrolled, or separate layers (default: the CPU's).")
     args = parser.parse_args()
     steps = {"jax": JaxStep(args), "torch": TorchStep(args)}
     times = {name: [] for name in steps}

@@ -81,8 +81,9 @@ class ModelConfig:
     scan_layers: bool = option(True, "Scan over layers (parameters stacked on a 'layers' axis) instead of "
                                      "separate layers.")
     unroll_layers: bool | None = option(None, "Unroll the scan over the layers: XLA then sees every layer (faster "
-                                              "steps on GPUs, compile time growing with depth); default: on GPUs, "
-                                              "where a looped step moves ~30% more bytes (README, Performance).")
+                                              "steps, compile time growing with depth); default: on GPUs and CPUs, "
+                                              "where a looped step zero-fills, copies and slices stacked "
+                                              "activations (README, Performance).")
     remat: str = option("auto", "What a block keeps for the backward pass: none (every matmul output; unrolled "
                                 "layers, everything), dots (the weight matmuls' outputs), full (its input); auto: the "
                                 "cheapest that fits the device memory (none where it is unknown).", REMAT_POLICIES)

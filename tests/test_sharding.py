@@ -62,8 +62,8 @@ def test_sharded_losses_equal_single_device(tiny_model, single_device, mesh):
     assert sharding.shard_shapes(mu) == {(d, tiny_model.vocab_size // mesh[1])}
 
 
-@pytest.mark.parametrize("change", [dict(remat="full"), dict(remat="dots"), dict(unroll_layers=True)],
-                         ids=["remat", "dots", "unrolled"])
+@pytest.mark.parametrize("change", [dict(remat="full"), dict(remat="dots"), dict(unroll_layers=False)],
+                         ids=["remat", "dots", "looped"])
 def test_layer_options_do_not_change_the_math(tiny_model, single_device, change):
     expected, _ = single_device(tiny_model)
     losses, _ = train_on_mesh(dataclasses.replace(tiny_model, **change), MeshConfig(data=1), jax.devices()[:1])
@@ -71,7 +71,8 @@ def test_layer_options_do_not_change_the_math(tiny_model, single_device, change)
 
 
 def test_scanned_and_unrolled_stacks_compute_the_same_function_and_gradients(tiny_model):
-    # The scanned stack recomputes its elementwise work in the backward pass; the unrolled one does not.
+    # The looped stack recomputes its elementwise work in the backward pass; the unrolled one does not.
+    looped_cfg = dataclasses.replace(tiny_model, unroll_layers=False)
     unrolled_cfg = dataclasses.replace(tiny_model, scan_layers=False)
     tokens = jax.random.randint(jax.random.key(0), (2, tiny_model.seq_len), 0, tiny_model.vocab_size)
     params = nn.unbox(GPT(unrolled_cfg).init(jax.random.key(1), tokens)["params"])
@@ -85,17 +86,18 @@ def test_scanned_and_unrolled_stacks_compute_the_same_function_and_gradients(tin
         logits, pullback = jax.vjp(lambda p: GPT(cfg).apply({"params": p}, tokens), tree)
         return logits, pullback(jax.numpy.sin(logits))[0]
 
-    logits, grads = logits_and_gradients(tiny_model, scanned(params))
+    logits, grads = logits_and_gradients(looped_cfg, scanned(params))
     expected_logits, expected_grads = logits_and_gradients(unrolled_cfg, params)
     np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
     for got, expected in zip(jax.tree.leaves(grads), jax.tree.leaves(scanned(expected_grads))):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_scanned_stack_holds_no_more_temporary_memory_than_unrolled(tiny_model):
-    # A scan stacks whatever its blocks keep for the backward pass; they keep only matmul outputs.
-    temporary = [tiny_run(dataclasses.replace(tiny_model, scan_layers=scan), MeshConfig(data=1), jax.devices()[:1])
-                 .compiled_train_step.memory_analysis().temp_size_in_bytes for scan in (True, False)]
+def test_looped_stack_holds_no_more_temporary_memory_than_separate_layers(tiny_model):
+    # A loop stacks whatever its blocks keep for the backward pass; they keep only matmul outputs.
+    layers = (dict(unroll_layers=False), dict(scan_layers=False))
+    temporary = [tiny_run(dataclasses.replace(tiny_model, **kind), MeshConfig(data=1), jax.devices()[:1])
+                 .compiled_train_step.memory_analysis().temp_size_in_bytes for kind in layers]
     assert temporary[0] <= temporary[1]
 
 

@@ -65,7 +65,7 @@ def test_metrics_report_every_expert_load(single_device):
 
 
 def test_scanned_and_unrolled_stacks_compute_the_same_function():
-    cfg = CFG.replace(n_layers=5, moe_every=2, capacity_factor=2.0)
+    cfg = CFG.replace(n_layers=5, moe_every=2, capacity_factor=2.0, unroll_layers=False)  # the scan looped
     unrolled = cfg.replace(scan_layers=False)
     tokens = jax.random.randint(jax.random.key(0), (2, cfg.seq_len), 0, cfg.vocab_size)
     params = nn.unbox(jax.jit(Switch(unrolled).init)(jax.random.key(1), tokens)["params"])

@@ -73,7 +73,7 @@ def test_scanned_and_unrolled_stacks_compute_the_same_function(tnl_model):
     layers = layer_params(params["blocks"], 3, 1, prefix=1)
     unrolled = {**params, "blocks": stack_params(layers, 1, prefix=1, scanned=False)}
     np.testing.assert_allclose(
-        TNL(tnl_model).apply({"params": params}, tokens),
+        TNL(dataclasses.replace(tnl_model, unroll_layers=False)).apply({"params": params}, tokens),  # looped
         TNL(unrolled_cfg).apply({"params": unrolled}, tokens), rtol=1e-5, atol=1e-5,
     )
 

@@ -61,7 +61,7 @@ def test_metrics_files_and_checkpoint_retention(tiny_model, tiny_train, tmp_path
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["6", "8"]
     config = json.load(open(os.path.join(run_dir, "config.json")))
     assert config["data_fingerprint"]["name"] == "synthetic" and "versions" in config
-    assert tiny_model.unroll_layers is None and config["model"]["unroll_layers"] is False  # the CPU's, resolved
+    assert tiny_model.unroll_layers is None and config["model"]["unroll_layers"] is True  # the CPU's, resolved
     assert config["hardware"].startswith(f"{jax.device_count()} x cpu (") and "AVX-512" in config["hardware"]
     # A finished run is not trained again.
     assert train(tiny_model, tiny_train, MeshConfig(), run_dir) == json.load(open(os.path.join(run_dir, "summary.json")))
@@ -72,13 +72,13 @@ def test_metrics_files_and_checkpoint_retention(tiny_model, tiny_train, tmp_path
     assert train(tiny_model, tiny_train, MeshConfig(), run_dir) == summary
 
 
-def test_a_run_begun_with_the_layer_loop_unrolled_resumes_where_it_is_not(tiny_model, tiny_train, tmp_path):
-    """Unrolling the scan over the layers (a GPU's default) fits a run to its devices, like remat: a run
-    begun so resumes on a CPU, whose default loops."""
+def test_a_run_begun_with_the_layer_loop_looped_resumes_where_it_is_unrolled(tiny_model, tiny_train, tmp_path):
+    """Looping the scan over the layers (a TPU's default) or unrolling it fits a run to its devices, like
+    remat: a run begun looped resumes on a CPU, whose default unrolls."""
     run_dir = str(tmp_path / "run")
-    train(dataclasses.replace(tiny_model, unroll_layers=True), tiny_train, MeshConfig(), run_dir, max_steps=2)
+    train(dataclasses.replace(tiny_model, unroll_layers=False), tiny_train, MeshConfig(), run_dir, max_steps=2)
     assert train(tiny_model, tiny_train, MeshConfig(), run_dir)["complete"]
-    assert json.load(open(os.path.join(run_dir, "config.json")))["model"]["unroll_layers"] is False
+    assert json.load(open(os.path.join(run_dir, "config.json")))["model"]["unroll_layers"] is True
 
 
 def test_refuses_a_workdir_holding_another_run(tiny_model, tiny_train, tmp_path):

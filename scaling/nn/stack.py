@@ -134,18 +134,21 @@ def _remat(cfg: ModelConfig):
 
 def unrolls(cfg: ModelConfig, platform: str | None = None) -> bool:
     """Whether the scan over the layers is unrolled: `cfg.unroll_layers`, or where that is None (the
-    default) whether `platform` (default: jax's default backend; a Run passes its devices') is a GPU.
+    default) whether `platform` (default: jax's default backend; a Run passes its devices') is a GPU
+    or a CPU.
 
-    The parameters keep their stacked layout either way. Looped, a GPU step moves ~30% more bytes:
-    each layer's saved activations are copied into stacked buffers that are zero-filled first and
-    sliced again in the backward pass (README, Performance: XLA:GPU's plan at the roofline, 14-19% of
-    the step; unrolled, it equals that of separate layers; MaxText's GPU configs unroll too).
-    Elsewhere the loop keeps compile time flat in depth; on the CPUs measured, separate layers were
-    0-5% faster (TPUs are not measured; MaxText loops there).
+    The parameters keep their stacked layout either way. Looped, a step moves more bytes: each
+    layer's saved activations are copied into stacked buffers that are zero-filled first and sliced
+    again in the backward pass (README, Performance: XLA:GPU's plan at the roofline, 14-19% of the
+    step; unrolled, it equals that of separate layers; MaxText's GPU configs unroll too). On the
+    CPUs measured, separate layers were 0-5% faster; on an AVX2-only Zen 3, with freed memory kept
+    (scaling/host_memory.py), unrolled steps took 2.7-4.1% less time (gpt, ngpt, switch, mod) and 11%
+    (tnl). Compile time grows with depth: +0.6 s from 4 to 12 layers of the bench shape. TPUs loop
+    (not measured; MaxText loops there).
     """
     if cfg.unroll_layers is not None:
         return cfg.unroll_layers
-    return (platform or jax.default_backend()) == "gpu"
+    return (platform or jax.default_backend()) in ("gpu", "cpu")
 
 
 def layer_params(blocks: dict, n_layers: int, period: int, prefix: int = 0) -> list[dict]:
