@@ -6,9 +6,10 @@ threads: one block of 196 MB for the README bench step looped, 256 MB unrolled. 
 a block with a fresh mmap (a thread's arena holds at most 64 MiB) and unmaps it when freed, so every
 step faults each 4 KiB page in again and the kernel zero-fills it: 45,000 page faults and ~0.1 s of
 system time per looped step there (README, Performance). With one arena, mmap off and trimming off,
-the block comes from the heap and its pages stay mapped for the next step. The cost is resident memory: the heap is never
-returned and keeps its fragments; with the bench step (unrolled, PyTorch loaded too) the process
-held 1.72 GB against 1.07 GB without, its heap growing, and faulting, over the first ~12 steps.
+the block comes from the heap and its pages stay mapped for the next step. The cost is resident
+memory: the heap is never returned and keeps its fragments; with the bench step (unrolled, PyTorch
+loaded too) the process held 1.72 GB against 1.07 GB without, its heap growing, and faulting, over
+the first ~12 steps.
 
 Threads pick their arena at their first malloc, so this must run before jax starts its CPU client's
 threads: `scaling` applies it on import. Only for CPU-only processes (no GPU or TPU plugin for jax,
