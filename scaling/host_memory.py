@@ -35,9 +35,14 @@ def cpu_only_process() -> bool:
     return not plugins and find_spec("jax_plugins") is None and find_spec("libtpu") is None
 
 
+def on_glibc() -> bool:
+    """Whether this process's C library is Linux's glibc (which has mallopt)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
     """Sets glibc malloc to one arena that neither maps nor trims; False where not applied."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or not cpu_only_process():
+    if not on_glibc() or not cpu_only_process():
         return False
     mallopt = ctypes.CDLL(None).mallopt
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, LARGEST_TRIM_THRESHOLD))

@@ -2,12 +2,12 @@
 reuses their pages from call to call instead of faulting them in anew."""
 import json
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
+from scaling import host_memory
 from tests.conftest import command_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def faults_per_call(order: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+@pytest.mark.skipif(not host_memory.on_glibc(), reason="glibc's mallopt")
 def test_large_temporaries_are_not_faulted_in_again_on_every_call():
     kept, unkept = faults_per_call("scaling first"), faults_per_call("jax first")
     assert kept["cpu_only"]
