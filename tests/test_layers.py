@@ -19,7 +19,7 @@ from scaling.shapes import nonembed_params, shape_for_params
 
 
 def _rope_at(x, position):
-    return apply_rope(x[None, None, None, :], jnp.full((1, 1), position))[0, 0, 0]
+    return apply_rope(x[None, None, None, :], jnp.full((1, 1), position), max_length=128)[0, 0, 0]
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -32,9 +32,22 @@ def test_rope_scores_depend_only_on_relative_position():
 def test_rope_preserves_norms_and_is_identity_at_zero():
     x = jax.random.normal(jax.random.key(1), (2, 16, 3, 32))
     positions = jnp.broadcast_to(jnp.arange(16), (2, 16))
-    rotated = apply_rope(x, positions)
+    rotated = apply_rope(x, positions, max_length=16)
     np.testing.assert_allclose(jnp.linalg.norm(rotated, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
     np.testing.assert_allclose(rotated[:, 0], x[:, 0], atol=1e-6)
+
+
+def test_rope_tables_give_the_formula_and_nan_past_their_length():
+    """The looked-up cos and sin are those of position * base^(-2i/d); a position past the tables is NaN."""
+    x = jax.random.normal(jax.random.key(2), (1, 3, 1, 8))
+    positions = jnp.array([[0, 7, 9]])
+    angles = positions[0, :, None] * 10000.0 ** (-jnp.arange(4) / 4)
+    x1, x2 = x[0, :, 0, :4], x[0, :, 0, 4:]
+    expected = jnp.concatenate([x1 * jnp.cos(angles) - x2 * jnp.sin(angles),
+                                x1 * jnp.sin(angles) + x2 * jnp.cos(angles)], axis=-1)
+    rotated = apply_rope(x, positions, max_length=8)[0, :, 0]
+    np.testing.assert_allclose(rotated[:2], expected[:2], rtol=1e-5, atol=1e-6)
+    assert bool(jnp.isnan(rotated[2]).all())
 
 
 def test_rmsnorm_unit_rms_in_float32():
@@ -72,7 +85,8 @@ def test_causal_query_blocks_equal_one_masked_square(monkeypatch):
         visible = jnp.tril(jnp.ones((10, 10), bool)) & (True if mask is None else mask[:, None, None, :])
 
         def square(q, k, v, visible=visible):
-            return attention._masked_softmax_attention(q, k, v, 0.3, visible)
+            heads_major = (jnp.swapaxes(y, 1, 2) for y in (q, k, v))
+            return jnp.swapaxes(attention._masked_softmax_attention(*heads_major, 0.3, visible), 1, 2)
 
         blocked, blocked_grad = jax.vjp(lambda *qkv, mask=mask: attention.causal_attention(*qkv, 0.3, mask), q, k, v)
         expected, expected_grad = jax.vjp(square, q, k, v)

@@ -12,7 +12,7 @@ from scaling.nn.linear import dense
 from scaling.nn.rope import apply_rope
 
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
-QUERY_BLOCK = 128
+QUERY_BLOCK = 256
 
 
 @jax.custom_jvp
@@ -39,11 +39,13 @@ def _masked_softmax_jvp(primals, tangents):
 def _masked_softmax_attention(q, k, v, scale: float, visible: jax.Array) -> jax.Array:
     """softmax(scale q k^T where visible, else -inf) v; scores and softmax in float32.
 
-    q [b, n, h, d], k and v [b, s, h, d], visible broadcastable to [b, h, n, s].
+    Heads-major: q [b, h, n, d], k and v [b, h, s, d], visible broadcastable to [b, h, n, s]; both
+    products are then batched matmuls over (b, h) as they stand, where with the heads after the
+    positions XLA:CPU transposes v and the output across d and the positions (README, Performance).
     """
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     weights = masked_softmax(scores, visible).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
 
 
 def compiling_for() -> str:
@@ -62,23 +64,25 @@ def causal_attention(q, k, v, scale: float, mask: jax.Array | None = None) -> ja
     against the keys up to its last position only, so the blocks above the diagonal, which causality
     masks whole, are never computed (n blocks compute (n + 1) / 2n of the T x T scores; scaling.flops
     counts the full square, the usual convention). On an AVX2-only CPU (README, Performance), side by
-    side with the whole square, blocks of 128 took 1.7-3.4%, 12% and 21-27% off the train step at 256,
-    512 and 1024 tokens; blocks of 64 were slower at 256 and 1024.
+    side with the whole square, blocks of 256 took 6% and 15% off the train step at 512 and 1024
+    tokens; blocks of 128 were level with them at 256 and 512 tokens and 1-4% slower at 1024, blocks
+    of 64 slower still.
     """
     if mask is None and q.dtype in FUSED_DTYPES and compiling_for() == "gpu":
         try:
             return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation="cudnn")
         except (NotImplementedError, RuntimeError, ValueError):  # cuDNN absent or the shape unsupported
             pass
-    length = q.shape[1]
+    q, k, v = (jnp.swapaxes(y, 1, 2) for y in (q, k, v))
+    length = q.shape[2]
     outputs = []
     for start in range(0, length, QUERY_BLOCK):
         end = min(start + QUERY_BLOCK, length)
         visible = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
         if mask is not None:
             visible = visible & mask[:, None, None, :end]
-        outputs.append(_masked_softmax_attention(q[:, start:end], k[:, :end], v[:, :end], scale, visible))
-    return jnp.concatenate(outputs, axis=1)
+        outputs.append(_masked_softmax_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], scale, visible))
+    return jnp.swapaxes(jnp.concatenate(outputs, axis=2), 1, 2)
 
 
 def decoding(module: nn.Module) -> bool:
@@ -89,7 +93,7 @@ def decoding(module: nn.Module) -> bool:
 
 def cached_attention(module: nn.Module, q, k, v, scale: float, capacity: int, positions, keep=None) -> jax.Array:
     """Causal attention of n new tokens at consecutive `positions` [batch, n] (the same in every row)
-    over a KV cache of `capacity` slots, one per position (in module's 'cache').
+    over a KV cache of `capacity` slots, one per position (in module's 'cache', heads-major).
 
     The new keys and values are written at their positions' slots; a query attends to the slots at
     or before its position that hold a present token. `keep` [batch, n] (default all) marks the new
@@ -97,23 +101,26 @@ def cached_attention(module: nn.Module, q, k, v, scale: float, capacity: int, po
     cache. Equal to `causal_attention` over the whole prefix.
     """
     batch, n, heads, d_head = k.shape
-    keys = module.variable("cache", "key", jnp.zeros, (batch, capacity, heads, d_head), k.dtype)
-    values = module.variable("cache", "value", jnp.zeros, (batch, capacity, heads, d_head), v.dtype)
+    keys = module.variable("cache", "key", jnp.zeros, (batch, heads, capacity, d_head), k.dtype)
+    values = module.variable("cache", "value", jnp.zeros, (batch, heads, capacity, d_head), v.dtype)
     present = module.variable("cache", "present", jnp.zeros, (batch, capacity), bool)
     start = positions[0, 0]
     keep = jnp.ones((batch, n), bool) if keep is None else keep
-    keys.value = jax.lax.dynamic_update_slice(keys.value, k, (0, start, 0, 0))
-    values.value = jax.lax.dynamic_update_slice(values.value, v, (0, start, 0, 0))
+    keys.value = jax.lax.dynamic_update_slice(keys.value, jnp.swapaxes(k, 1, 2), (0, 0, start, 0))
+    values.value = jax.lax.dynamic_update_slice(values.value, jnp.swapaxes(v, 1, 2), (0, 0, start, 0))
     present.value = jax.lax.dynamic_update_slice(present.value, keep, (0, start))
     causal = jnp.arange(capacity)[None, None, :] <= positions[:, :, None]
     visible = (causal & present.value[:, None, :])[:, None]
-    return _masked_softmax_attention(q, keys.value, values.value, scale, visible)
+    out = _masked_softmax_attention(jnp.swapaxes(q, 1, 2), keys.value, values.value, scale, visible)
+    return jnp.swapaxes(out, 1, 2)
 
 
 class CausalSelfAttention(nn.Module):
     """Fused q, k, v projection (no bias), RoPE on q and k, causal softmax attention, output projection.
 
     One [d, 3, heads, d_head] kernel instead of three: the same function, fewer and larger matmuls.
+    Its output is unstacked into q, k and v, whose gradients are then stacked back in one pass
+    (indexing them out instead makes each gradient a zero-padded copy of the whole, summed).
     `qk_norm(config, name=...)` (optional) maps (q, k) after RoPE, e.g. nGPT's s_qk * Norm(.);
     `softmax_scale` defaults to 1/sqrt(d_head). When decoding (see `decoding`), keys and values go
     through a KV cache of seq_len slots. `mask` [batch, length] marks the tokens present.
@@ -128,8 +135,8 @@ class CausalSelfAttention(nn.Module):
         cfg = self.config
         heads = (cfg.n_heads, cfg.d_head)
         qkv = dense(cfg, (3,) + heads, ("embed", None, "heads", "kv"), name="qkv")(x)
-        q, k, v = (qkv[:, :, i] for i in range(3))
-        q, k = apply_rope(q, positions, cfg.rope_base), apply_rope(k, positions, cfg.rope_base)
+        q, k, v = jnp.unstack(qkv, axis=2)
+        q, k = (apply_rope(y, positions, cfg.seq_len, cfg.rope_base) for y in (q, k))
         if self.qk_norm is not None:
             q, k = self.qk_norm(cfg, name="qk_norm")(q, k)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
