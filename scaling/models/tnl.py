@@ -75,7 +75,7 @@ class GatedLinearAttention(nn.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, decay: jax.Array) -> jax.Array:
         cfg = self.config
         qkvu = dense(cfg, (4, cfg.n_heads, cfg.d_head), ("embed", None, "heads", "kv"), name="qkvu")(x)
-        q, k, v, u = (qkvu[:, :, i] for i in range(4))
+        q, k, v, u = jnp.unstack(qkvu, axis=2)
         q, k = nn.silu(q), nn.silu(k)
         if self.lrpe:
             lrpe = LRPE(name="lrpe")

@@ -4,6 +4,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from scaling.config import ModelConfig
 from scaling.nn.linear import dense
@@ -22,7 +23,7 @@ class GatedMLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         up_gate = dense(cfg, (2, cfg.d_ff), ("embed", None, "mlp"), name="up_gate")(x)
-        up, gate = up_gate[:, :, 0], up_gate[:, :, 1]
+        up, gate = jnp.unstack(up_gate, axis=2)
         if self.scales is not None:
             up, gate = self.scales(cfg, name="scales")(up, gate)
         if self.activation is not None:

@@ -129,8 +129,8 @@ class Experts(nn.Module):
             (experts, cfg.d_ff, cfg.d_model),
             jnp.float32,
         )
-        h = jnp.einsum("egcd,edkf->egckf", x, up_gate.astype(dtype))
-        hidden = nn.with_logical_constraint(h[..., 0, :] * nn.silu(h[..., 1, :]), ("expert", "batch", None, "mlp"))
+        up, gate = jnp.unstack(jnp.einsum("egcd,edkf->egckf", x, up_gate.astype(dtype)), axis=3)
+        hidden = nn.with_logical_constraint(up * nn.silu(gate), ("expert", "batch", None, "mlp"))
         return jnp.einsum("egcf,efd->egcd", hidden, down.astype(dtype))
 
 
