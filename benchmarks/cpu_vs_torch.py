@@ -1,14 +1,17 @@
 """The train step against a plain PyTorch eager model of the same shape, side by side on the CPU:
 
     python -m benchmarks.cpu_vs_torch [--d_model 256 --n_layers 4 --n_heads 4 --seq_len 256 --batch_size 8]
-        [--layers looped|unrolled|separate]
+        [--layers looped|unrolled|separate] [--matmuls]
 
 Both models are the baseline GPT of REFERENCE.md section 1 (RMSNorm, RoPE, causal softmax attention,
 SwiGLU, untied embeddings, no biases; float32) trained by AdamW with global-norm clipping on the
 same random tokens; PyTorch is eager with its stock kernels (scaled_dot_product_attention, fused
 projections as in our model). Steps alternate, one of each per round, after warm-up; the median
 tokens/s of each and the median over rounds of the ratio (ours over PyTorch's, taken within a round
-so that the machine's drifts cancel) are printed as JSON with the CPU's model and flags. Needs
+so that the machine's drifts cancel) are printed as JSON with the CPU's model and flags. With
+`--matmuls` it times the step's matmuls instead, each alone in both libraries (XLA's with the
+toolkit's CPU options): every projection's forward and both gradients, and the attention's batched
+products, in GFLOP/s (README, Performance: what bounds the step on a CPU). Needs
 `pip install torch` (not a dependency of the toolkit). `ATEN_CPU_CAPABILITY=avx2` and
 `XLA_FLAGS=--xla_cpu_max_isa=AVX2` do not reproduce an AVX2-only machine on one with AVX-512: the
 XLA flag restricts the code XLA generates, not the matmul libraries it calls (README, Performance).
@@ -19,12 +22,15 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from scaling import hardware
 from scaling.benchmark import fit_for_timing, random_batch
+from scaling.compiler import device_options
 from scaling.config import MeshConfig
 from scaling.models.registry import model_config
 from scaling.shapes import d_ff_for
@@ -109,6 +115,59 @@ class JaxStep:
         jax.block_until_ready(metrics)
 
 
+def step_matmuls(args) -> dict[str, tuple[str, tuple, tuple]]:
+    """{name: (einsum, lhs shape, rhs shape)} of the step's distinct matmuls: each projection's forward,
+    input gradient and weight gradient, and the three forms of the attention's batched products."""
+    tokens, d, d_ff = args.batch_size * args.seq_len, args.d_model, d_ff_for(args.d_model)
+    matmuls = {}
+    projections = {"qkv": (d, 3 * d), "out": (d, d), "up_gate": (d, 2 * d_ff), "down": (d_ff, d)}
+    for name, (fan_in, fan_out) in projections.items():
+        matmuls[f"{name} forward"] = ("ti,io->to", (tokens, fan_in), (fan_in, fan_out))
+        matmuls[f"{name} input gradient"] = ("to,io->ti", (tokens, fan_out), (fan_in, fan_out))
+        matmuls[f"{name} weight gradient"] = ("ti,to->io", (tokens, fan_in), (tokens, fan_out))
+    heads = (args.batch_size, args.n_heads, args.seq_len, d // args.n_heads)
+    scores = (args.batch_size, args.n_heads, args.seq_len, args.seq_len)
+    matmuls["attention Q K^T, dO V^T"] = ("bhqd,bhkd->bhqk", heads, heads)
+    matmuls["attention P V, dS K"] = ("bhqk,bhkd->bhqd", scores, heads)
+    matmuls["attention P^T dO, dS^T Q"] = ("bhqk,bhqd->bhkd", scores, heads)
+    return matmuls
+
+
+def einsum_flops(equation: str, lhs: tuple, rhs: tuple) -> float:
+    sizes = dict(zip(equation.split("->")[0].replace(",", ""), lhs + rhs))
+    return 2.0 * np.prod([sizes[axis] for axis in set(sizes)])
+
+
+def median_seconds(call, rounds: int) -> float:
+    call()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_rates(args) -> dict[str, dict[str, float]]:
+    """{matmul: {"jax": GFLOP/s, "torch": GFLOP/s}}; all of XLA's first, then all of PyTorch's, so that
+    neither library's idle threads, still spinning, share the cores with the other's matmuls."""
+    matmuls, rates = step_matmuls(args), {}
+    rng = np.random.default_rng(0)
+    operands = {name: [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
+                for name, (_, *shapes) in matmuls.items()}
+    options = device_options(jax.devices()[0])
+    for name, (equation, *_) in matmuls.items():
+        product = jax.jit(lambda x, y, eq=equation: jnp.einsum(eq, x, y), compiler_options=options)
+        lhs, rhs = (jnp.asarray(x) for x in operands[name])
+        seconds = median_seconds(lambda: product(lhs, rhs).block_until_ready(), 10 * args.rounds)
+        rates[name] = {"jax": einsum_flops(equation, lhs.shape, rhs.shape) / seconds / 1e9}
+    for name, (equation, *_) in matmuls.items():
+        lhs, rhs = (torch.from_numpy(x) for x in operands[name])
+        seconds = median_seconds(lambda: torch.einsum(equation, lhs, rhs), 10 * args.rounds)
+        rates[name]["torch"] = einsum_flops(equation, tuple(lhs.shape), tuple(rhs.shape)) / seconds / 1e9
+    return {name: {side: round(rate, 1) for side, rate in sides.items()} for name, sides in rates.items()}
+
+
 def cpu_description() -> dict:
     return {**hardware.cpu_description(), "torch_isa": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads()}
@@ -121,7 +180,11 @@ def main() -> None:
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--layers", choices=tuple(LAYERS), default="default",
                         help="The scan over the layers looped or unrolled, or separate layers (default: the CPU's).")
+    parser.add_argument("--matmuls", action="store_true", help="Time the step's matmuls alone in both libraries.")
     args = parser.parse_args()
+    if args.matmuls:
+        print(json.dumps({**vars(args), **cpu_description(), "gflops_per_s": matmul_rates(args)}))
+        return
     steps = {"jax": JaxStep(args), "torch": TorchStep(args)}
     times = {name: [] for name in steps}
     for round_index in range(args.warmup + args.rounds):

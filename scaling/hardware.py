@@ -5,6 +5,7 @@ TPU slice's torus for libtpu)."""
 import dataclasses
 import functools
 import os
+import pathlib
 import platform
 
 import jax
@@ -137,7 +138,7 @@ def _slice_shape(chips: int, dims: int) -> str:
 
 @functools.cache
 def _cpuinfo() -> str:
-    return open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    return pathlib.Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
 
 
 def cpu_description() -> dict:

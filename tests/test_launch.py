@@ -2,6 +2,7 @@
 supervision, one-line usage errors, and the SLURM script and gcloud commands in dry-run mode."""
 import json
 import os
+import pathlib
 import shlex
 import signal
 import subprocess
@@ -56,7 +57,7 @@ def test_two_processes_train_like_one_process_with_eight_devices(tmp_path, tfds_
     np.testing.assert_allclose([r["loss"] for r in multi_log], [r["loss"] for r in single_log], rtol=1e-5)
     evals = lambda log: [r["eval_loss"] for r in log if r["eval_loss"] is not None]
     np.testing.assert_allclose(evals(multi_log), evals(single_log), rtol=1e-5)
-    summaries = [json.load(open(os.path.join(run_dir, "summary.json"))) for run_dir in (multi_dir, single_dir)]
+    summaries = [json.loads(pathlib.Path(run_dir, "summary.json").read_text()) for run_dir in (multi_dir, single_dir)]
     for run_dir, summary in zip((multi_dir, single_dir), summaries):
         assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["3", "6"]
         tokenizer = summary["data_fingerprint"]["tokenizer"]

@@ -166,7 +166,8 @@ def test_a_run_reports_the_loss_of_the_pass_sampling_takes(tiny_train, tmp_path)
     cfg = model_config("mod", vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, seq_len=32,
                        mod_capacity=0.25)
     summary = train(cfg, tiny_train, MeshConfig(), str(tmp_path))
-    evals = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if m["eval_loss"] is not None]
+    metrics = map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+    evals = [m for m in metrics if m["eval_loss"] is not None]
     assert len(evals) == 4 and all(m["eval_causal_loss"] != m["eval_loss"] for m in evals)
     assert (summary["final_eval_loss"], summary["final_eval_causal_loss"]) == (evals[-1]["eval_loss"],
                                                                               evals[-1]["eval_causal_loss"])

@@ -5,6 +5,7 @@ import dataclasses
 import importlib
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -30,7 +31,8 @@ def strict_lines(path) -> list[dict]:
     def refuse(constant):
         raise ValueError(f"non-JSON constant {constant}")
 
-    return [json.loads(line, parse_constant=refuse) for line in open(path) if line.strip()]
+    lines = pathlib.Path(path).read_text().splitlines()
+    return [json.loads(line, parse_constant=refuse) for line in lines if line.strip()]
 
 
 def test_divergence_stops_at_once_and_checkpoints_only_finite_state(tiny_model, tiny_train, tmp_path):

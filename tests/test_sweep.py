@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import pathlib
 
 import pytest
 
@@ -84,19 +85,19 @@ def test_sweep_runs_fits_plots_and_resumes(tmp_path):
     sweep.write_plan(workdir, plan)
     fits = sweep.run_sweep(plan, workdir, MeshConfig(), log=lambda line: None)
 
-    results = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
+    results = [json.loads(line) for line in pathlib.Path(workdir, "results.jsonl").read_text().splitlines()]
     assert [r["run_id"] for r in results] == [r["run_id"] for r in plan["runs"]]
     assert all(set(r) == RESULT_KEYS for r in results)
     assert all(r["steps"] == 6 and math.isfinite(r["final_eval_loss"]) for r in results)
     assert all(r["final_eval_causal_loss"] == r["final_eval_loss"] for r in results)  # gpt's eval pass is causal
     assert set(fits["gpt"]) == {repr(2e12)} and fits["gpt"][repr(2e12)]["points"] == len(results)
-    assert json.load(open(os.path.join(workdir, "fits.json"))) == json.loads(json.dumps(fits))
+    assert json.loads(pathlib.Path(workdir, "fits.json").read_text()) == json.loads(json.dumps(fits))
     assert os.path.getsize(os.path.join(workdir, "isoflop.png")) > 10_000
 
     logged = []
     refit = sweep.run_sweep(plan, workdir, MeshConfig(), log=logged.append, x_key="nonembed_params")
     assert all("skipped" in line for line in logged)
-    assert len(open(os.path.join(workdir, "results.jsonl")).readlines()) == len(results)
+    assert len(pathlib.Path(workdir, "results.jsonl").read_text().splitlines()) == len(results)
     assert refit["gpt"][repr(2e12)]["x_key"] == "nonembed_params"
     assert refit["gpt"][repr(2e12)]["x_range"][0] == min(r["nonembed_params"] for r in results)
     causal = sweep.run_sweep(plan, workdir, MeshConfig(), log=logged.append, metric="final_eval_causal_loss")
@@ -114,7 +115,7 @@ def test_partial_sweep_resumes_the_interrupted_run(tmp_path):
     run_dir = os.path.join(workdir, "runs", first["run_id"])
     train(model_config_from_dict(first["model"]), TrainConfig(**first["train"]), MeshConfig(), run_dir, max_steps=3)
     sweep.run_sweep(plan, workdir, MeshConfig(), log=lambda line: None)
-    steps = [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    steps = [json.loads(line)["step"] for line in pathlib.Path(run_dir, "metrics.jsonl").read_text().splitlines()]
     assert steps == [3, 6]
 
 
@@ -126,7 +127,7 @@ def test_workdir_with_a_different_plan_is_refused(tmp_path):
     with pytest.raises(UsageError, match="--workdir"):
         sweep.check_workdir(workdir, different)
     sweep.check_workdir(workdir, small_plan())
-    assert json.load(open(os.path.join(workdir, "plan.json"))) == json.loads(json.dumps(plan))
+    assert json.loads(pathlib.Path(workdir, "plan.json").read_text()) == json.loads(json.dumps(plan))
 
 
 def test_several_budgets_and_seeds_make_distinct_runs():
@@ -161,7 +162,7 @@ def test_lr_search_tunes_each_architecture_then_carries_its_best_by_the_kaplan_r
     sweep.check_workdir(workdir, plan)
     sweep.write_plan(workdir, plan)
     sweep.run_sweep(plan, workdir, MeshConfig(), log=lambda line: None)
-    written = json.load(open(os.path.join(workdir, "plan.json")))
+    written = json.loads(pathlib.Path(workdir, "plan.json").read_text())
     entry = written["lr_search"]["calibration"]["gpt"]
     assert written["lr_search"]["applied"] and len(entry["losses"]) == 3
     best = min(zip(entry["losses"], rates))[1]
@@ -170,6 +171,6 @@ def test_lr_search_tunes_each_architecture_then_carries_its_best_by_the_kaplan_r
         active = run["active_params"] - (run["params"] - run["nonembed_params"])
         expected = best * sweep.kaplan_learning_rate(active) / entry["kaplan_lr"]
         assert run["train"]["learning_rate"] == pytest.approx(expected)
-    results = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
+    results = [json.loads(line) for line in pathlib.Path(workdir, "results.jsonl").read_text().splitlines()]
     assert [r["learning_rate"] for r in results] == [r["train"]["learning_rate"] for r in written["runs"]]
     sweep.check_workdir(workdir, plan)  # the unsearched plan still resumes the searched sweep

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -59,12 +60,13 @@ def test_metrics_files_and_checkpoint_retention(tiny_model, tiny_train, tmp_path
     assert "eval_causal_loss" not in metrics[-1] and summary["final_eval_causal_loss"] == summary["final_eval_loss"]
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["6", "8"]
-    config = json.load(open(os.path.join(run_dir, "config.json")))
+    config = json.loads(pathlib.Path(run_dir, "config.json").read_text())
     assert config["data_fingerprint"]["name"] == "synthetic" and "versions" in config
     assert tiny_model.unroll_layers is None and config["model"]["unroll_layers"] is True  # the CPU's, resolved
     assert config["hardware"].startswith(f"{jax.device_count()} x cpu (") and "AVX-512" in config["hardware"]
     # A finished run is not trained again.
-    assert train(tiny_model, tiny_train, MeshConfig(), run_dir) == json.load(open(os.path.join(run_dir, "summary.json")))
+    written = json.loads(pathlib.Path(run_dir, "summary.json").read_text())
+    assert train(tiny_model, tiny_train, MeshConfig(), run_dir) == written
     # One ended before causal losses were recorded gets gpt's: its eval loss.
     earlier = {k: v for k, v in summary.items() if k != "final_eval_causal_loss"}
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
@@ -78,7 +80,7 @@ def test_a_run_begun_with_the_layer_loop_looped_resumes_where_it_is_unrolled(tin
     run_dir = str(tmp_path / "run")
     train(dataclasses.replace(tiny_model, unroll_layers=False), tiny_train, MeshConfig(), run_dir, max_steps=2)
     assert train(tiny_model, tiny_train, MeshConfig(), run_dir)["complete"]
-    assert json.load(open(os.path.join(run_dir, "config.json")))["model"]["unroll_layers"] is True
+    assert json.loads(pathlib.Path(run_dir, "config.json").read_text())["model"]["unroll_layers"] is True
 
 
 def test_refuses_a_workdir_holding_another_run(tiny_model, tiny_train, tmp_path):
@@ -118,7 +120,7 @@ def test_cpu_steps_use_xla_kernels_where_the_cpu_lacks_avx512(avx512, monkeypatc
 def test_compiled_steps_are_kept_apart_for_cpus_of_other_instruction_sets(monkeypatch, tmp_path):
     """XLA:CPU compiles for the host's instructions and jax's cache key does not name them, so a workdir
     moved to another CPU must not load what was compiled for this one (scaling/compiler.py)."""
-    cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    cpuinfo = pathlib.Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
     assert ("avx2" in hardware.cpu_signature().split()) == (" avx2" in cpuinfo)
     kept = []
     monkeypatch.setattr(compiler.compilation_cache, "set_cache_dir", kept.append)
