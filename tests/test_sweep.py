@@ -69,6 +69,10 @@ def test_switch_plans_only_shapes_with_an_expert_block_at_the_lr_of_its_active_s
         assert run["train"]["learning_rate"] == pytest.approx(dense, rel=0.01)  # not the total size's lower LR
 
 
+def json_lines(*path) -> list[dict]:
+    return [json.loads(line) for line in pathlib.Path(*path).read_text().splitlines()]
+
+
 def small_plan(tmp_budget=2e12):
     """A real plan whose runs are cut to a few steps each, to exercise execution quickly."""
     plan = sweep.plan_sweep(tmp_budget, [ModelConfig(seq_len=32)], 3, TrainConfig(data="synthetic"), batch_size=8)
@@ -85,7 +89,7 @@ def test_sweep_runs_fits_plots_and_resumes(tmp_path):
     sweep.write_plan(workdir, plan)
     fits = sweep.run_sweep(plan, workdir, MeshConfig(), log=lambda line: None)
 
-    results = [json.loads(line) for line in pathlib.Path(workdir, "results.jsonl").read_text().splitlines()]
+    results = json_lines(workdir, "results.jsonl")
     assert [r["run_id"] for r in results] == [r["run_id"] for r in plan["runs"]]
     assert all(set(r) == RESULT_KEYS for r in results)
     assert all(r["steps"] == 6 and math.isfinite(r["final_eval_loss"]) for r in results)
@@ -97,7 +101,7 @@ def test_sweep_runs_fits_plots_and_resumes(tmp_path):
     logged = []
     refit = sweep.run_sweep(plan, workdir, MeshConfig(), log=logged.append, x_key="nonembed_params")
     assert all("skipped" in line for line in logged)
-    assert len(pathlib.Path(workdir, "results.jsonl").read_text().splitlines()) == len(results)
+    assert len(json_lines(workdir, "results.jsonl")) == len(results)
     assert refit["gpt"][repr(2e12)]["x_key"] == "nonembed_params"
     assert refit["gpt"][repr(2e12)]["x_range"][0] == min(r["nonembed_params"] for r in results)
     causal = sweep.run_sweep(plan, workdir, MeshConfig(), log=logged.append, metric="final_eval_causal_loss")
@@ -115,7 +119,7 @@ def test_partial_sweep_resumes_the_interrupted_run(tmp_path):
     run_dir = os.path.join(workdir, "runs", first["run_id"])
     train(model_config_from_dict(first["model"]), TrainConfig(**first["train"]), MeshConfig(), run_dir, max_steps=3)
     sweep.run_sweep(plan, workdir, MeshConfig(), log=lambda line: None)
-    steps = [json.loads(line)["step"] for line in pathlib.Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in json_lines(run_dir, "metrics.jsonl")]
     assert steps == [3, 6]
 
 
@@ -171,6 +175,6 @@ def test_lr_search_tunes_each_architecture_then_carries_its_best_by_the_kaplan_r
         active = run["active_params"] - (run["params"] - run["nonembed_params"])
         expected = best * sweep.kaplan_learning_rate(active) / entry["kaplan_lr"]
         assert run["train"]["learning_rate"] == pytest.approx(expected)
-    results = [json.loads(line) for line in pathlib.Path(workdir, "results.jsonl").read_text().splitlines()]
+    results = json_lines(workdir, "results.jsonl")
     assert [r["learning_rate"] for r in results] == [r["train"]["learning_rate"] for r in written["runs"]]
     sweep.check_workdir(workdir, plan)  # the unsearched plan still resumes the searched sweep
