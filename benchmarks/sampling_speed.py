@@ -1,11 +1,12 @@
 """Sampling speed of trained runs side by side: python -m benchmarks.sampling_speed --runs DIR_A,DIR_B.
 
-Restores each run's latest checkpoint (as experiments.sample does), compiles its prompt and step
-decoders, then alternates: each round greedily decodes --num_tokens tokens after the same prompt
-with every model in turn. Prints per run the median tokens/s over the rounds and the ratio to the
-first run, and, for models that route tokens past blocks, the fraction of (token, routed block)
-pairs the threshold routing took while generating (metric mod_routed_frac of the generated text)
-and on the run's first held-out batch (the text it was trained for; top-k takes mod_capacity).
+Restores each run's latest checkpoint (as experiments.sample does), compiles its generation (one
+program: scaling.sample), then alternates: each round decodes --num_tokens tokens after the same
+prompt (greedily, or sampled at --temperature with a fixed seed) with every model in turn. Prints
+per run the median tokens/s over the rounds and the ratio to the first run, and, for models that
+route tokens past blocks, the fraction of (token, routed block) pairs the threshold routing took
+while generating (metric mod_routed_frac of the generated text) and on the run's first held-out
+batch (the text it was trained for; top-k takes mod_capacity).
 """
 import argparse
 import json
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--num_tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy.")
     args = parser.parse_args()
     models = [load_params(run)[:2] for run in args.runs.split(",")]
     prompt = np.tile(np.frombuffer(args.prompt.encode(), np.uint8).astype(np.int32), (args.batch, 1))
@@ -56,7 +58,8 @@ def main() -> None:
     for round_index in range(args.rounds + 1):  # round 0 compiles
         for i, (cfg, params) in enumerate(models):
             start = time.perf_counter()
-            outputs[i] = jax.block_until_ready(sample(cfg, params, prompt, args.num_tokens, temperature=0.0))
+            generated = sample(cfg, params, prompt, args.num_tokens, temperature=args.temperature)
+            outputs[i] = jax.block_until_ready(generated)
             if round_index:
                 times[i].append(time.perf_counter() - start)
     first = statistics.median(times[0])
@@ -67,7 +70,8 @@ def main() -> None:
         held_out = None if routed is None else routed_fraction(cfg, params, held_out_tokens(run, cfg))
         print(json.dumps({
             "run": run, "arch": cfg.arch, "d_model": cfg.d_model, "n_layers": cfg.n_layers, "batch": args.batch,
-            "num_tokens": args.num_tokens, "tokens_per_s": args.batch * args.num_tokens / seconds,
+            "temperature": args.temperature, "num_tokens": args.num_tokens,
+            "tokens_per_s": args.batch * args.num_tokens / seconds,
             "time_ratio": seconds / first, "routed_frac": routed, "routed_frac_held_out": held_out,
             "device": jax.devices()[0].device_kind,
         }))

@@ -6,6 +6,10 @@ state KV_t = lambda KV_{t-1} + k_t^T v_t per layer (scaling.nn.linear_attention.
 does not depend on the number of tokens generated. The layer stack scans the cache like the
 parameters, so a model decodes on its trained parameters as they are. Every call is `autoregressive`:
 each position is computed from it and earlier tokens only, as sampling requires.
+
+`sample` compiles the whole generation, prompt and every new token, as one program (a lax.scan over
+the tokens carrying the cache, as MaxText and T5X decode): a step dispatched from Python per token
+costs more than a small model's step itself. `Decoder` feeds tokens a call at a time.
 """
 import dataclasses
 import functools
@@ -18,6 +22,29 @@ from scaling.config import ModelConfig
 from scaling.models.registry import get_architecture
 
 
+def decode_step(cfg: ModelConfig):
+    """(params, cache, tokens [batch, n], first position) -> (logits [batch, n, vocab], cache); an
+    empty cache {} starts a sequence."""
+    model = get_architecture(cfg.arch).model(cfg)
+
+    def step(params, cache, tokens, start):
+        variables = {"params": params, **({"cache": cache} if cache else {})}
+        positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
+        logits, updated = model.apply(variables, tokens, positions, autoregressive=True, mutable=["cache"])
+        return logits, updated["cache"]
+
+    return step
+
+
+def decoding_config(cfg: ModelConfig, capacity: int) -> ModelConfig:
+    """The model of `cfg` decoding at most `capacity` tokens (its KV cache size), without remat."""
+    return dataclasses.replace(cfg, seq_len=capacity, remat="none")
+
+
+def _jit(fn):
+    return jax.jit(fn, compiler_options=compiler.device_options(jax.devices()[0]))
+
+
 class Decoder:
     """Feeds tokens [batch, n] at the next positions and returns their logits [batch, n, vocab].
 
@@ -28,7 +55,7 @@ class Decoder:
         self.capacity = capacity
         self.cache = {}
         self.position = 0
-        self._step = _decode_step(dataclasses.replace(cfg, seq_len=capacity, remat="none"))
+        self._step = _decode_step(decoding_config(cfg, capacity))
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         if self.position + tokens.shape[1] > self.capacity:
@@ -40,16 +67,8 @@ class Decoder:
 
 @functools.lru_cache(maxsize=None)
 def _decode_step(cfg: ModelConfig):
-    """(params, cache, tokens [batch, n], first position) -> (logits, cache), jitted once per config."""
-    model = get_architecture(cfg.arch).model(cfg)
-
-    def step(params, cache, tokens, start):
-        variables = {"params": params, **({"cache": cache} if cache else {})}
-        positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
-        logits, updated = model.apply(variables, tokens, positions, autoregressive=True, mutable=["cache"])
-        return logits, updated["cache"]
-
-    return jax.jit(step, compiler_options=compiler.device_options(jax.devices()[0]))
+    """`decode_step`, jitted once per config."""
+    return _jit(decode_step(cfg))
 
 
 def choose(logits: jax.Array, key: jax.Array, temperature: float, top_k: int) -> jax.Array:
@@ -64,16 +83,33 @@ def choose(logits: jax.Array, key: jax.Array, temperature: float, top_k: int) ->
     return jax.random.categorical(key, logits, axis=-1)
 
 
+@functools.lru_cache(maxsize=None)
+def generation(cfg: ModelConfig, num_tokens: int, temperature: float, top_k: int):
+    """(params, prompt [batch, length], key) -> [batch, num_tokens], jitted once per config and options
+    (cfg: `decoding_config` for length + num_tokens): the prompt in one step, then a scan over the new
+    tokens, each chosen from the last logits and fed back (the last chosen is not fed)."""
+    step = decode_step(cfg)
+
+    def generate(params, prompt, key):
+        logits, cache = step(params, {}, prompt, 0)
+        draws = jax.random.split(key, num_tokens)
+
+        def feed_back(carry, draw):
+            cache, last_logits, position = carry
+            token = choose(last_logits, draw, temperature, top_k)
+            logits, cache = step(params, cache, token[:, None], position)
+            return (cache, logits[:, -1], position + 1), token
+
+        start = (cache, logits[:, -1], jnp.asarray(prompt.shape[1], jnp.int32))
+        (_, last_logits, _), fed = jax.lax.scan(feed_back, start, draws[:-1])
+        last = choose(last_logits, draws[-1], temperature, top_k)
+        return jnp.concatenate([fed.T, last[:, None]], axis=1)
+
+    return _jit(generate)
+
+
 def sample(cfg: ModelConfig, params, prompt, num_tokens: int, *, temperature=1.0, top_k=0, seed=0) -> jax.Array:
     """Continues every row of `prompt` [batch, length] by `num_tokens` tokens: [batch, num_tokens]."""
-    decoder = Decoder(cfg, params, prompt.shape[1] + num_tokens)
-    logits = decoder(prompt)[:, -1]
-    key = jax.random.key(seed)
-    generated = []
-    for _ in range(num_tokens):
-        key, draw = jax.random.split(key)
-        token = choose(logits, draw, temperature, top_k)
-        generated.append(token)
-        if len(generated) < num_tokens:
-            logits = decoder(token[:, None])[:, -1]
-    return jnp.stack(generated, axis=1)
+    prompt = jnp.asarray(prompt, jnp.int32)
+    generate = generation(decoding_config(cfg, prompt.shape[1] + num_tokens), num_tokens, temperature, top_k)
+    return generate(params, prompt, jax.random.key(seed))

@@ -65,11 +65,19 @@ def test_cache_size(trained_like):
     assert (sizes[0] == sizes[1]) if cfg.arch == "tnl" else (sizes[1] > sizes[0])
 
 
-def test_greedy_sampling_and_top_1(trained_like):
+def test_greedy_sampling_feeds_back_the_full_pass_argmax(trained_like):
+    """Each greedy token is the argmax of the full pass over the prompt and the tokens before it, so
+    the compiled generation loop feeds every token back at its position; top-1 sampling is greedy."""
     cfg, params, tokens = trained_like
-    greedy = sample(cfg, params, tokens[:, :PREFILL], 4, temperature=0.0)
-    assert greedy.shape == (2, 4)
-    np.testing.assert_array_equal(sample(cfg, params, tokens[:, :PREFILL], 4, temperature=1.0, top_k=1), greedy)
+    prompt = tokens[:, :PREFILL]
+    greedy = sample(cfg, params, prompt, LENGTH - PREFILL, temperature=0.0)
+    assert greedy.shape == (2, LENGTH - PREFILL)
+    text = np.concatenate([prompt, greedy], axis=1)
+    logits = get_architecture(cfg.arch).model(cfg).apply({"params": params}, text, autoregressive=True)
+    predicting = np.asarray(logits[:, PREFILL - 1 : -1])
+    chosen = np.take_along_axis(predicting, np.asarray(greedy)[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(chosen, predicting.max(axis=-1), atol=1e-4)  # a maximiser, up to rounding
+    np.testing.assert_array_equal(sample(cfg, params, prompt, LENGTH - PREFILL, temperature=1.0, top_k=1), greedy)
 
 
 def test_top_k_only_draws_among_the_k_largest():

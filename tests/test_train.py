@@ -112,9 +112,9 @@ def test_cpu_steps_use_xla_kernels_where_the_cpu_lacks_avx512(avx512, monkeypatc
     eval_step, eval_args = run.eval_step(), (run.abstract_state.params, run.batch_spec())
     assert ("__ynn_fusion" in eval_step.lower(*eval_args).compile().as_text()) == avx512
     assert ("__ynn_fusion" in run.compiled_train_step.as_text()) == avx512
-    decode = sample._decode_step(dataclasses.replace(tiny_model, seq_len=8 + avx512, remat="none"))  # uncached
-    prompt = jax.ShapeDtypeStruct((2, 8), np.int32)
-    assert ("__ynn_fusion" in decode.lower(run.abstract_state.params, {}, prompt, 0).compile().as_text()) == avx512
+    generate = sample.generation(sample.decoding_config(tiny_model, 12 + avx512), 4, 0.0, 0)  # uncached
+    prompt, key = jax.ShapeDtypeStruct((2, 8), np.int32), jax.eval_shape(jax.random.key, 0)
+    assert ("__ynn_fusion" in generate.lower(run.abstract_state.params, prompt, key).compile().as_text()) == avx512
 
 
 def test_compiled_steps_are_kept_apart_for_cpus_of_other_instruction_sets(monkeypatch, tmp_path):
