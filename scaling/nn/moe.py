@@ -6,6 +6,7 @@ slots by an exclusive cumsum; tokens past capacity are dropped (MoE output 0, so
 the residual). Dispatch and combine are einsums with a one-hot [G, S, E, C] mask. The expert axis of
 the expert weights and of the dispatched activations is the logical axis 'expert' while groups are
 'batch': on a mesh with an 'expert' axis the compiler turns the change of layout into all-to-alls.
+A decoding step of at most E tokens skips dispatch: each token goes through its expert's weights.
 """
 import dataclasses
 import math
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from scaling import sharding
 from scaling.config import ArchOptions, ModelConfig, UsageError, check_positive, option
+from scaling.nn.attention import decoding
 
 BALANCE_COEF = 1e-2  # alpha of eq. 4
 JITTER = 1e-2  # router input multiplied by U(1 - JITTER, 1 + JITTER) in training
@@ -108,30 +110,38 @@ def balance_loss(probs: jax.Array, assigned: jax.Array) -> jax.Array:
 
 
 class Experts(nn.Module):
-    """E SwiGLU FFNs on dispatched tokens [E, G, C, d]; kernels [E, d, 2, d_ff] and [E, d_ff, d]."""
+    """E SwiGLU FFNs, kernels [E, d, 2, d_ff] and [E, d_ff, d]: on dispatched tokens [E, G, C, d], or
+    (`chosen`) on tokens [T, d] each through its own expert."""
 
     config: ModelConfig
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def setup(self):
         cfg = self.config
         experts = cfg.options.num_experts
-        dtype = jnp.dtype(cfg.dtype)
-        up_gate = self.param(
+        self.up_gate = self.param(
             "up_gate",
             nn.with_logical_partitioning(scaled_init(1, (2, 3), 0), ("expert", "embed", None, "mlp")),
             (experts, cfg.d_model, 2, cfg.d_ff),
             jnp.float32,
         )
-        down = self.param(
+        self.down = self.param(
             "down",
             nn.with_logical_partitioning(scaled_init(1, 2, 0), ("expert", "mlp", "embed")),
             (experts, cfg.d_ff, cfg.d_model),
             jnp.float32,
         )
-        up, gate = jnp.unstack(jnp.einsum("egcd,edkf->egckf", x, up_gate.astype(dtype)), axis=3)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = jnp.dtype(self.config.dtype)
+        up, gate = jnp.unstack(jnp.einsum("egcd,edkf->egckf", x, self.up_gate.astype(dtype)), axis=3)
         hidden = nn.with_logical_constraint(up * nn.silu(gate), ("expert", "batch", None, "mlp"))
-        return jnp.einsum("egcf,efd->egcd", hidden, down.astype(dtype))
+        return jnp.einsum("egcf,efd->egcd", hidden, self.down.astype(dtype))
+
+    def chosen(self, x: jax.Array, expert: jax.Array) -> jax.Array:
+        """Token t of x [T, d] through expert[t]: each token's weights gathered, read once per token."""
+        dtype = jnp.dtype(self.config.dtype)
+        up, gate = jnp.unstack(jnp.einsum("td,tdkf->tkf", x, self.up_gate[expert].astype(dtype)), axis=1)
+        return jnp.einsum("tf,tfd->td", up * nn.silu(gate), self.down[expert].astype(dtype))
 
 
 class SwitchFFN(nn.Module):
@@ -153,6 +163,9 @@ class SwitchFFN(nn.Module):
     def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
         cfg, opts = self.config, self.config.options
         batch, length, d = x.shape
+        experts = Experts(cfg, name="experts")
+        if decoding(self) and batch * length <= opts.num_experts:
+            return self.through_chosen(x, experts, mask)
         size = group_size(cfg, batch * length)
         groups = nn.with_logical_constraint(x.reshape(-1, size, d), ("batch", None, "embed"))
         logits = self.router(groups, train)
@@ -166,10 +179,22 @@ class SwitchFFN(nn.Module):
         expert_in = nn.with_logical_constraint(
             jnp.einsum("gsec,gsd->egcd", dispatch, groups), ("expert", "batch", None, "embed")
         )
-        expert_out = Experts(cfg, name="experts")(expert_in)
-        expert_out = nn.with_logical_constraint(expert_out, ("expert", "batch", None, "embed"))
+        expert_out = nn.with_logical_constraint(experts(expert_in), ("expert", "batch", None, "embed"))
         combined = jnp.einsum("gsec,egcd->gsd", dispatch, expert_out) * gate[..., None].astype(x.dtype)
         out = nn.with_logical_constraint(combined, ("batch", None, "embed"))
+        return out.reshape(batch, length, d)
+
+    def through_chosen(self, x: jax.Array, experts: Experts, mask: jax.Array | None) -> jax.Array:
+        """A decoding step of at most E tokens: each through its top-1 expert's gathered weights, which
+        reads at most the weights dispatch reads (all E experts) and computes no idle capacity slots.
+        No token is dropped, as none is by dispatch at a capacity that keeps every token."""
+        batch, length, d = x.shape
+        tokens = x.reshape(-1, d)
+        probs = jax.nn.softmax(self.router(tokens[None], train=False)[0], axis=-1)
+        expert = jnp.argmax(probs, axis=-1)
+        real = expert < self.config.options.num_experts  # not a no-op expert (integrated MoDE)
+        weight = jnp.max(probs, axis=-1) * real * (1 if mask is None else mask.reshape(-1))
+        out = experts.chosen(tokens, jnp.where(real, expert, 0)) * weight[:, None].astype(x.dtype)
         return out.reshape(batch, length, d)
 
     def router(self, groups: jax.Array, train: bool) -> jax.Array:
