@@ -3,9 +3,9 @@
 A model decodes incrementally when applied with its 'cache' collection mutable: softmax attention
 keeps a KV cache of seq_len slots (scaling.nn.attention.cached_attention), TNL keeps the recurrent
 state KV_t = lambda KV_{t-1} + k_t^T v_t per layer (scaling.nn.linear_attention.recurrent), whose size
-does not depend on the number of tokens generated. The layer stack scans the cache like the
-parameters, so a model decodes on its trained parameters as they are. Every call is `autoregressive`:
-each position is computed from it and earlier tokens only, as sampling requires.
+does not depend on the number of tokens generated. Every call is `autoregressive`: each position is
+computed from it and earlier tokens only, as sampling requires. Decoding runs on separate layers
+(`decoding_config`), the trained parameters' scanned repeats split once (`decoding_params`).
 
 `sample` compiles the whole generation, prompt and every new token, as one program (a lax.scan over
 the tokens carrying the cache, as MaxText and T5X decode): a step dispatched from Python per token
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from scaling import compiler
 from scaling.config import ModelConfig
 from scaling.models.registry import get_architecture
+from scaling.nn.stack import separate_repeats
 
 
 def decode_step(cfg: ModelConfig):
@@ -37,8 +38,17 @@ def decode_step(cfg: ModelConfig):
 
 
 def decoding_config(cfg: ModelConfig, capacity: int) -> ModelConfig:
-    """The model of `cfg` decoding at most `capacity` tokens (its KV cache size), without remat."""
-    return dataclasses.replace(cfg, seq_len=capacity, remat="none")
+    """The model of `cfg` decoding at most `capacity` tokens (its KV cache size), without remat, on
+    separate layers (parameters: `decoding_params`)."""
+    return dataclasses.replace(cfg, seq_len=capacity, remat="none", scan_layers=False)
+
+
+def decoding_params(params):
+    """Trained (scanned) parameters in the layout of `decoding_config`'s separate layers: each layer's
+    weights sliced out of the stack once, where a step of the scanned stack slices them at every token
+    (a copy, since XLA does not hoist it out of the token loop; a MoD block's lax.cond takes the copy
+    whether it runs or not, all E experts of a Switch FFN in it)."""
+    return {**params, "blocks": separate_repeats(params["blocks"])}
 
 
 def _jit(fn):
@@ -51,7 +61,7 @@ class Decoder:
     `capacity` bounds the total tokens fed (the KV cache size for softmax attention)."""
 
     def __init__(self, cfg: ModelConfig, params, capacity: int):
-        self.params = params
+        self.params = decoding_params(params)
         self.capacity = capacity
         self.cache = {}
         self.position = 0
@@ -91,6 +101,7 @@ def generation(cfg: ModelConfig, num_tokens: int, temperature: float, top_k: int
     step = decode_step(cfg)
 
     def generate(params, prompt, key):
+        params = decoding_params(params)
         logits, cache = step(params, {}, prompt, 0)
         draws = jax.random.split(key, num_tokens)
 

@@ -6,7 +6,7 @@ are one `nn.scan` over a 'layers' axis, looped (the pattern compiles once) or un
 the last (n_layers - len(prefix)) % len(pattern) layers, a `tail` that takes the first blocks of the
 pattern, run after it, unrolled.
 The scan carries every collection a block uses: params, sown aux losses and metrics, and the decoding
-cache, so a model decodes on its trained (scanned) parameters as they are.
+cache. `separate_repeats` lays scanned parameters out for separate layers (scaling.sample decodes so).
 
 A block is built as `block(config, name=...)` and called as `block(x, context) -> x`; the
 `Context` gives it the token positions, its own layer index (a traced integer when scanned: per-layer
@@ -174,3 +174,13 @@ def stack_params(layers: list[dict], period: int, prefix: int = 0, scanned: bool
     if tail:
         blocks["tail"] = {f"block_{j}": body[repeats * period + j] for j in range(tail)}
     return blocks
+
+
+def separate_repeats(blocks: dict) -> dict:
+    """A Stack's parameter tree `blocks` in the layout of separate layers (scan_layers False): the
+    scanned repeats, stacked along a leading axis under 'layers', split into layers_0, layers_1, ..."""
+    if "layers" not in blocks:
+        return blocks
+    repeats = jax.tree.leaves(blocks["layers"])[0].shape[0]
+    separate = {f"layers_{r}": jax.tree.map(lambda x, r=r: x[r], blocks["layers"]) for r in range(repeats)}
+    return {**{name: tree for name, tree in blocks.items() if name != "layers"}, **separate}
