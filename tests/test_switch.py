@@ -90,16 +90,18 @@ def test_counts_active_and_total_parameters():
     assert counts.flops_per_token > dense.flops_per_token
 
 
-def test_analytic_flops_match_compiled_cost_analysis():
+@pytest.mark.parametrize("capacity_factor", [1.0, 0.5])
+def test_analytic_flops_match_compiled_cost_analysis(capacity_factor):
     # Unrolled layers: XLA's cost analysis counts a scanned (while-loop) body only once. Capacity factor
-    # 1.0: XLA also counts the experts' idle slots (at 1.25 it is 9.8% above the analytic count).
+    # at most 1.0: XLA also counts the experts' idle slots (at 1.25 it is 9.8% above the analytic
+    # count); at 0.5 the experts compute half the tokens' FFNs (15% of this step).
     cfg = model_config(
         "switch", d_model=256, n_layers=2, n_heads=4, d_ff=704, seq_len=128, vocab_size=256,
-        num_experts=8, group_size=256, capacity_factor=1.0, scan_layers=False,
+        num_experts=8, group_size=256, capacity_factor=capacity_factor, scan_layers=False,
     )
     analytic = get_architecture("switch").counts(cfg).flops_per_token * 4 * cfg.seq_len
     xla = compiled_step_flops(cfg, 4)
-    assert xla == pytest.approx(analytic, rel=0.10), f"analytic {analytic:.4g} vs XLA {xla:.4g}"
+    assert xla == pytest.approx(analytic, rel=0.05), f"analytic {analytic:.4g} vs XLA {xla:.4g}"
 
 
 @pytest.mark.parametrize(

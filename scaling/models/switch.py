@@ -65,13 +65,15 @@ def moe_flops(cfg: ModelConfig, noop_experts: int = 0) -> float:
     """Training FLOPs per token a Switch FFN adds over the dense FFN it replaces: the router matmul
     (2 d (E + N), x3 for training), the dispatch and combine einsums at the training capacity C (2 E C d
     each forward and once more each backward, the one-hot mask taking no gradient: 8 E C d), minus the
-    FFN of the tokens sent to no-op experts (N / (E + N) of them when balanced). One expert's FFN per
-    token is the dense FFN already counted; the idle capacity slots an expert computes on padding are
-    not counted."""
+    FFN of the tokens no expert computes, routing balanced: of a group's S tokens the experts compute
+    those routed to the E real ones (E / (E + N) of them), at most their E x C slots (fewer than S when
+    capacity_factor < 1). The FFN of a token an expert takes is the dense FFN already counted; the
+    idle slots an expert computes on padding are not counted."""
     opts = cfg.options
     choices = opts.num_experts + noop_experts
     slots = opts.num_experts * capacity(opts.group_size, choices, opts.capacity_factor)
-    skipped = 6.0 * 3 * cfg.d_model * cfg.d_ff * noop_experts / choices
+    computed = min(slots, opts.group_size * opts.num_experts / choices) / opts.group_size
+    skipped = 6.0 * 3 * cfg.d_model * cfg.d_ff * (1.0 - computed)
     return 6.0 * cfg.d_model * choices + 8.0 * slots * cfg.d_model - skipped
 
 
