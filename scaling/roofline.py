@@ -114,10 +114,15 @@ class _Module:
 
     @staticmethod
     def _read(body: list[Instruction], index: int, full: str) -> float:
-        """Bytes a fusion reads of its operand `index`: all of it, or only the slices its body takes."""
+        """Bytes a fusion reads of its operand `index`: all of it, or only the slices its body takes (of it
+        or of a bitcast of it)."""
         parameter = next((i.name for i in body if i.op == "parameter" and i.rest.startswith(f"{index})")), None)
-        users = [i for i in body if parameter in i.operands]
-        if not users or any(i.op not in ("dynamic-slice", "slice", "dynamic-update-slice") or i.operands[0] != parameter
+        views = {parameter}
+        for i in body:  # operands come before their users
+            if i.op == "bitcast" and i.operands[0] in views:
+                views.add(i.name)
+        users = [i for i in body if views.intersection(i.operands) and i.name not in views]
+        if not users or any(i.op not in ("dynamic-slice", "slice", "dynamic-update-slice") or i.operands[0] not in views
                             for i in users):
             return array_bytes(full)
         return min(array_bytes(full), sum(array_bytes(i.type) for i in users if i.op != "dynamic-update-slice"))

@@ -27,6 +27,12 @@ def test_elementwise_pass_reads_and_writes_its_bytes():
     assert found.total_s == pytest.approx(2 * x.nbytes / 1e11)
 
 
+def test_fusion_reads_only_the_slice_it_takes_of_a_reshaped_operand():
+    x = jnp.ones((1024, 1024))
+    found = _estimate(lambda x: jnp.exp(x.reshape(1024, 2, 512)[:, 1]), x)
+    assert found.bytes == x.nbytes  # half of x read, half written
+
+
 def test_loop_body_counts_its_trip_count_and_in_place_updates_their_slice():
     weights, x = jnp.ones((6, 128, 128)), jnp.ones((32, 128))
 
