@@ -17,6 +17,7 @@ from scaling.config import ModelConfig, UsageError
 from scaling.models.registry import ARCHITECTURES
 from scaling.nn.stack import unrolls
 from scaling.train import fitting
+from scaling.train.metrics import format_duration
 
 flags.DEFINE_float("budget", None, "Training FLOPs per run (e.g. 6e18).")
 flags.DEFINE_list("budgets", None, "Several budgets in one sweep (e.g. 1e12,3e12,1e13): one parabola per "
@@ -130,7 +131,7 @@ def main(argv) -> None:
         print(f"wall time for {len(devices)} x {accelerator.name} ({memory_gib:g} of {accelerator.memory_gib:g} GiB "
               f"usable each) at MFU {mfu:.2f} ({source}); {planning_compiler(accelerator, devices)}")
     if sum(seconds.values()) > DAY:
-        print(f"WARNING: this sweep is estimated to take {sweep.format_duration(sum(seconds.values()))} on the current devices")
+        print(f"WARNING: this sweep is estimated to take {format_duration(sum(seconds.values()))} on the current devices")
     if FLAGS.dry_run:
         return
     sweep.write_plan(workdir, plan)

@@ -23,7 +23,7 @@ from scaling import lr_search as lr_search_lib
 from scaling.lr_search import kaplan_learning_rate
 from scaling.train import fitting
 from scaling.train.loop import LAYOUT, default_cache_dir, train
-from scaling.train.metrics import append_line, make_parent, strict_json
+from scaling.train.metrics import append_lines, format_duration, make_parent, strict_json
 
 TOKENS_PER_PARAM = 20
 SPAN = 4.0
@@ -302,16 +302,6 @@ def format_plan(plan: dict, seconds: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def format_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
 def check_mesh(plan: dict, mesh_cfg: MeshConfig, devices=None) -> None:
     """UsageError unless every planned model and batch divides over the mesh of `devices` (default: all)."""
     mesh = sharding.make_mesh(mesh_cfg, devices)
@@ -396,7 +386,7 @@ def result_record(run: dict, summary: dict) -> dict:
 
 def append_result(workdir: str, record: dict) -> None:
     """Appends one strict-JSON line (an interrupted sweep never leaves half a line)."""
-    append_line(epath.Path(workdir) / "results.jsonl", strict_json(record))
+    append_lines(epath.Path(workdir) / "results.jsonl", [strict_json(record)])
 
 
 def _train_run(run: dict, workdir: str, mesh_cfg: MeshConfig, log, device_memory_gib) -> dict:

@@ -28,7 +28,7 @@ from scaling import data, hardware, sharding
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.flops import CONVENTION
 from scaling.train import checkpoints, fitting
-from scaling.train.metrics import MetricsLog, make_parent, throughput
+from scaling.train.metrics import MetricsLog, make_parent, progress_line, throughput
 from scaling.train.preemption import Preempted, PreemptionWatch
 from scaling.train.run import Run
 from scaling.train.steps import Loss
@@ -222,6 +222,7 @@ def train(
     except Diverged as error:
         status, diverged = "diverged", {"step": error.step, "what": error.what, "last_checkpoint": mngr.latest_step()}
     finally:
+        log.flush()
         mngr.wait_until_finished()
         mngr.close()
     summary = {
@@ -271,8 +272,9 @@ class _Loop:
         step_fn = run.compiled_train_step
         start_step, start_time = int(state.step), time.perf_counter()
         self.interval_start, steps, pending = start_time, [], []
-        show = sys.stderr.isatty() and jax.process_index() == 0
-        bar = tqdm(total=stop_step, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
+        terminal = sys.stderr.isatty()
+        bar = tqdm(total=stop_step, initial=start_step, disable=not (terminal and jax.process_index() == 0),
+                   unit="step", dynamic_ncols=True)
         with sharding.activate(run.mesh):
             for step in range(start_step, stop_step):
                 state, metrics = step_fn(state, loader(step), frozen)
@@ -283,17 +285,21 @@ class _Loop:
                 is_eval = done % self.eval_every == 0 or done == run.total_steps
                 saving = stopping or done == stop_step or self.mngr.should_save(done)
                 if done % self.log_every == 0 or is_eval or saving:
-                    self._record(state, steps, pending, is_eval, start_time)
+                    record = self._record(state, steps, pending, is_eval, start_time)
                     bar.set_postfix(loss=f"{self.last['loss']:.3f}", eval=f"{self.last['eval_loss'] or math.nan:.3f}")
+                    if is_eval and not terminal and jax.process_index() == 0:
+                        left = (stop_step - done) * (time.perf_counter() - start_time) / (done - start_step)
+                        print(progress_line(name, record, stop_step, left), file=sys.stderr, flush=True)
                     steps, pending = [], []
                 if saving:
+                    self.log.flush()
                     checkpoints.save(self.mngr, done, state, force=True)
                 bar.update(1)
                 if stopping:
                     raise Preempted(name, done)
         bar.close()
 
-    def _record(self, state, steps, pending, is_eval: bool, start_time: float) -> None:
+    def _record(self, state, steps, pending, is_eval: bool, start_time: float) -> dict:
         """Logs one interval's means (blocking until its steps are done), with an eval if due."""
         done = steps[-1]
         means = _interval_means(steps, pending)
@@ -313,3 +319,4 @@ class _Loop:
         self.log.write(record)
         self.last.update(loss=record["loss"], **{name: record[name] for name in self.evaluate.steps if is_eval})
         self.wall_s, self.interval_start = record["wall_s"], time.perf_counter()
+        return record
