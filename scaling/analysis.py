@@ -268,11 +268,19 @@ def _optimum(rows, x_key: str, robust: bool, metric: str) -> tuple[float, float,
     return tuple(math.nan if fit[k] is None else fit[k] for k in ("n_opt", "d_opt", "loss_min"))
 
 
+def _exact(rows) -> bool:
+    """True for usable runs that are one per size at three sizes: the parabola passes through all three,
+    so every resample that has a parabola is the sample itself, and an interval would have no width."""
+    return len(rows) == 3
+
+
 def _bootstrap_optima(budget_rows, x_key: str, robust: bool, metric: str, resamples: int, seed: int) -> np.ndarray:
     """(resamples, budgets, 3) array of the refitted (n_opt, d_opt, loss_min) per budget: each budget's
-    usable runs resampled with replacement, seeds averaged, the parabola refitted; NaN where undefined."""
+    usable runs resampled with replacement, seeds averaged, the parabola refitted; NaN where undefined
+    (no minimum, fewer than 3 sizes, or `_exact` runs, which resampling cannot move)."""
     rng = np.random.default_rng(seed)
-    samples = [[_optimum(_resample(rows, rng), x_key, robust, metric) for rows in budget_rows]
+    samples = [[(math.nan,) * 3 if _exact(rows) else _optimum(_resample(rows, rng), x_key, robust, metric)
+                for rows in budget_rows]
                for _ in range(resamples)]
     return np.array(samples, dtype=float).reshape(resamples, len(budget_rows), 3)
 
@@ -760,6 +768,8 @@ def _format_optimum(fit: dict | None) -> str:
     tokens = "" if fit.get("d_opt") is None else f" d_opt={fit['d_opt']:.3g}{_format_ci(fit.get('d_opt_ci'), '.3g')}"
     boot = fit.get("bootstrap")
     note = f"  ({_format_bootstrap(boot, str(boot['with_minimum']) + ' with a minimum')})" if boot else ""
+    if boot and boot["resamples"] and fit["runs"] == 3:
+        note = "  (no intervals: 3 runs at 3 sizes, which the parabola fits exactly)"
     return (f"optimum: n_opt={fit['n_opt']:.3g}{unit}{_format_ci(fit.get('n_opt_ci'), '.3g')}{tokens} "
             f"loss_min={fit['loss_min']:.4f}{_format_ci(fit.get('loss_min_ci'), '.4f')}{where}{note}")
 

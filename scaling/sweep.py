@@ -367,6 +367,7 @@ def result_record(run: dict, summary: dict) -> dict:
         "flops_per_token": run["flops_per_token"],
         "tokens": summary["tokens"],
         "steps": summary["steps"],
+        "epochs": summary.get("epochs"),  # absent from summaries written before it was recorded
         "seq_len": run["model"]["seq_len"],
         "batch_size": run["train"]["batch_size"],
         "remat": run["model"]["remat"],

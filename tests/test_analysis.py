@@ -214,6 +214,17 @@ def test_table_mentions_every_run_and_the_optimum():
     assert "no fit" in table
 
 
+def test_three_runs_at_three_sizes_get_no_interval_and_say_why():
+    exact = sweep_results(archs=("gpt",), budgets=(1e17,), num_sizes=3)
+    fit = analysis.fit_sweep(exact, resamples=50)["gpt"]["1e+17"]
+    assert fit["n_opt_ci"] is None and fit["loss_min_ci"] is None  # every resample with a parabola is the sample
+    assert "no intervals: 3 runs at 3 sizes" in analysis.format_table(exact, {"gpt": {"1e+17": fit}})
+    noisy = [dict(r, final_eval_loss=r["final_eval_loss"] + 0.01 * (-1) ** i)
+             for i, r in enumerate(sweep_results(archs=("gpt",), budgets=(1e17,), num_sizes=4))]
+    lo, hi = analysis.fit_sweep(noisy, resamples=50)["gpt"]["1e+17"]["n_opt_ci"]
+    assert lo < hi
+
+
 # ----------------------------------------------------------------------------- seeds and diverged runs
 
 

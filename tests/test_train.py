@@ -9,8 +9,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from scaling import compiler, hardware, sample, sharding
+from scaling import compiler, data, hardware, sample, sharding
 from scaling.config import MeshConfig, UsageError
+from scaling.train import loop
 from scaling.train.loop import train
 from scaling.train.run import Run
 
@@ -48,12 +49,22 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model, tiny_train, tmp_path):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
+def test_a_run_reading_its_data_more_than_four_times_is_warned_of(capsys):
+    loop._warn_of_repeats("r", "pystdlib", 4.0)
+    assert capsys.readouterr().err == ""
+    loop._warn_of_repeats("r", "pystdlib", 6.64)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "run r reads the training split of --data pystdlib 6.6 times" in line and "--data tfds:NAME" in line
+
+
 def test_metrics_files_and_checkpoint_retention(tiny_model, tiny_train, tmp_path):
     run_dir = str(tmp_path / "run")
     summary = train(tiny_model, dataclasses.replace(tiny_train, keep_checkpoints=2), MeshConfig(), run_dir)
     metrics = read_metrics(run_dir)
     assert all(METRIC_KEYS <= set(m) for m in metrics)
     assert metrics[-1]["flops"] == pytest.approx(summary["flops_per_token"] * summary["tokens"])
+    windows = len(data.make_source("synthetic", "train", tiny_model.seq_len))
+    assert summary["epochs"] == pytest.approx(summary["steps"] * tiny_train.batch_size / windows)
     assert metrics[0]["mfu"] is None and metrics[0]["tflops_per_device"] > 0
     assert [m["step"] for m in metrics if m["eval_loss"] is not None] == [2, 4, 6, 8]
     # No pass of gpt looks ahead: its eval pass is the one sampling takes.

@@ -34,6 +34,7 @@ from scaling.train.run import Run
 from scaling.train.steps import Loss
 
 EVAL_SEED = 1234
+USEFUL_EPOCHS = 4  # repeats of the training data a run may read without a warning (_warn_of_repeats)
 # Version of the parameter and config layout; runs written by another layout are refused, not mixed.
 LAYOUT = 2
 
@@ -208,6 +209,8 @@ def train(
     _write_config(run_dir, config)
 
     stop_step = run.total_steps if max_steps is None else min(max_steps, run.total_steps)
+    epochs_per_step = run.epochs_per_step()
+    _warn_of_repeats(name, train_cfg.data, run.total_steps * epochs_per_step)
     mngr = checkpoints.manager(run_dir, train_cfg.keep_checkpoints, train_cfg.checkpoint_every)
     state = run.restore(mngr)
     if state is None:
@@ -225,11 +228,13 @@ def train(
         log.flush()
         mngr.wait_until_finished()
         mngr.close()
+    steps = diverged["step"] if diverged else stop_step
     summary = {
         "status": status,
-        "steps": diverged["step"] if diverged else stop_step,
+        "steps": steps,
         "complete": status == "complete" and stop_step == run.total_steps,
-        "tokens": (diverged["step"] if diverged else stop_step) * train_cfg.batch_size * model_cfg.seq_len,
+        "tokens": steps * train_cfg.batch_size * model_cfg.seq_len,
+        "epochs": steps * epochs_per_step,
         "final_train_loss": None if diverged else loop.last["loss"],
         "final_eval_loss": None if diverged else loop.last["eval_loss"],
         # the eval pass uses no later token unless the training pass looks ahead
@@ -243,6 +248,16 @@ def train(
     if summary["complete"] or diverged:
         _write_json(summary_path, summary)
     return summary
+
+
+def _warn_of_repeats(name: str, data_name: str, epochs: float) -> None:
+    """One line when a run reads its training data more than USEFUL_EPOCHS times: past that, repeated
+    tokens are worth much less than new ones (Muennighoff et al. 2023, Scaling Data-Constrained
+    Language Models), so the loss is not the one the same compute reaches on more data."""
+    if epochs > USEFUL_EPOCHS and jax.process_index() == 0:
+        print(f"WARNING: run {name} reads the training split of --data {data_name} {epochs:.1f} times; "
+              f"past ~{USEFUL_EPOCHS} epochs repeated tokens are worth much less than new ones, so its loss is not "
+              "what this compute reaches on more data: use a larger corpus (--data tfds:NAME)", file=sys.stderr)
 
 
 def _with_causal_loss(summary: dict, model_cfg: ModelConfig) -> dict:

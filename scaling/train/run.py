@@ -116,6 +116,11 @@ class Run:
                                              f"{self.train_cfg.data} with --tokenizer {self.train_cfg.tokenizer}; "
                                              "raise it")
 
+    def epochs_per_step(self) -> float:
+        """The share of the training split (its windows of seq_len + 1 tokens) one step reads."""
+        source = data.make_source(self.train_cfg.data, "train", self.model_cfg.seq_len, **self.data_options)
+        return self.train_cfg.batch_size / len(source)
+
     def loader(self, split: str = "train", seed: int | None = None) -> data.BatchLoader:
         """Batches of this run's data split, a pure function of (seed, step)."""
         return data.BatchLoader(
