@@ -143,6 +143,9 @@ class TrainConfig:
                                      "spm:N (SentencePiece, N pieces, trained on the training split).")
     data_dir: str | None = option(None, "TFDS data directory (where `tfds build` prepared the dataset).")
     text_key: str = option("text", "The TFDS feature holding the text.")
+    data_tokens: int = option(0, "Pack the training split's documents, in the dataset's order, up to this many "
+                                 "tokens (0: all of them): a corpus larger than memory, such as c4, taken to what the "
+                                 "runs read.")
     eval_every: int = option(0, "Steps between evaluations (0: ten per run).")
     eval_batches: int = option(4, "Held-out batches per evaluation.")
     log_every: int = option(10, "Steps between metrics records.")
@@ -158,6 +161,8 @@ class TrainConfig:
                 raise UsageError(f"--{name}", "must be a positive integer")
         if self.microbatches < 0:
             raise UsageError("--microbatches", "must be >= 0 (0: chosen to fit the device memory)")
+        if self.data_tokens and self.data_tokens <= seq_len:
+            raise UsageError("--data_tokens", f"must be 0 (the whole training split) or more than --seq_len {seq_len}")
         check_positive(self, "learning_rate", "grad_clip", "eps")
         if not (0 <= self.warmup_frac < 1):
             raise UsageError("--warmup_frac", "must be in [0, 1)")

@@ -259,6 +259,37 @@ def test_windows_of_an_epoch_are_the_stream_nothing_lost_duplicated_or_padded(se
     assert len(joined) - covered < seq_len  # only the last partial window is dropped
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("max_tokens", [1, 20, 60, 10_000])
+def test_a_capped_stream_is_the_whole_documents_that_fit(seed, max_tokens):
+    documents = random_documents(seed)
+    whole = packing.pack(grain.MapDataset.source(documents), tokenizers.ByteTokenizer())
+    capped = packing.pack(grain.MapDataset.source(documents), tokenizers.ByteTokenizer(), max_tokens)
+    kept = documents[:capped.documents]
+    assert capped.tokens.tolist() == whole.tokens.tolist()[:len(capped.tokens)] and len(capped.tokens) <= max_tokens
+    assert len(capped.tokens) == 1 + sum(len(text) + 1 for text in kept) and capped.text_bytes == len(capped.tokens) - 1
+    if capped.documents < len(documents):  # the next document would not have fitted
+        assert len(capped.tokens) + len(documents[capped.documents]) + 1 > max_tokens
+
+
+def test_tfds_training_split_packed_to_data_tokens(tfds_text, tmp_path):
+    options = tfds_options(tfds_text, tmp_path, train_tokens=2000)
+    documents = tfds_documents(tfds_text, "train")
+    stream = [256] + [token for text in documents for token in [*text, 256]]
+    source = data.make_source(tfds_text.name, "train", 16, **options)
+    assert stream_of(source) == stream[:1 + len(source) * 16] and 1900 < len(source) * 16 < 2000
+    eval_options = tfds_options(tfds_text, tmp_path)
+    assert len(data.make_source(tfds_text.name, "eval", 16, **options)) == len(
+        data.make_source(tfds_text.name, "eval", 16, **eval_options))  # the eval split is not capped
+    assert data.fingerprint(tfds_text.name, **options)["train_tokens"] == 2000
+    assert "train_tokens" not in data.fingerprint(tfds_text.name, **eval_options)
+    assert len(os.listdir(tmp_path / "tokens")) == 4  # .npy and .json of the capped train split and of eval
+    with pytest.raises(UsageError, match="--data_tokens"):
+        data.make_source(tfds_text.name, "train", 1, **tfds_options(tfds_text, tmp_path, train_tokens=2))
+    with pytest.raises(UsageError, match="--data_tokens"):
+        data.make_source("synthetic", "train", 16, train_tokens=2000)
+
+
 def packed_source(seq_len: int = 8):
     """A small packed source: windows of random documents, and the stream they were cut from."""
     documents = [text for seed in range(8) for text in random_documents(seed)]

@@ -38,30 +38,57 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 2**16 else np.int32
 
 
-def pack(documents, tokenizer) -> Packed:
+def pack(documents, tokenizer, max_tokens: int = 0) -> Packed:
     """Tokenises `documents` (a grain MapDataset of UTF-8 bytes), in order, through grain's threaded reads.
 
-    The whole stream is built in memory once; a corpus larger than memory would need a counting pass
-    and then writing each document's ids into np.lib.format.open_memmap (reading the cached file is
-    already memory-mapped: see load_or_pack).
+    `max_tokens` > 0 keeps the documents, in order, up to the first whose tokens would take the stream
+    past that many, written into one array of that size: a corpus larger than memory (c4) packed to
+    what its runs read. 0 keeps every document, the stream built in memory once.
     """
     dtype = token_dtype(tokenizer.vocab_size)
     encode = lambda text: (np.asarray(tokenizer.encode(text) + [tokenizer.eod_id], dtype), len(text) + 1)
-    pieces, text_bytes = [np.array([tokenizer.eod_id], dtype)], 0
+    stream = _Stream(np.array([tokenizer.eod_id], dtype), max_tokens)
     for ids, size in documents.map(encode).to_iter_dataset():
-        pieces.append(ids)
-        text_bytes += size
-    return Packed(np.concatenate(pieces), text_bytes, len(documents))
+        if not stream.add(ids, size):
+            break
+    return Packed(stream.tokens(), stream.text_bytes, stream.documents)
 
 
-def load_or_pack(documents, tokenizer, stem: str | None) -> Packed:
-    """The packed split cached at `stem` (.npy + .json, memory-mapped), else packed and saved there;
-    `stem` None packs in memory only."""
+class _Stream:
+    """The token stream, from its leading eod, grown a document at a time: in one array of `capacity`
+    tokens (a document that would overflow it is refused), or, with capacity 0, in a list joined at the end."""
+
+    def __init__(self, start: np.ndarray, capacity: int):
+        self.pieces, self.length, self.text_bytes, self.documents = [start], len(start), 0, 0
+        self.array = None
+        if capacity:
+            self.array = np.empty(capacity, start.dtype)
+            self.array[:len(start)] = start
+
+    def add(self, ids: np.ndarray, text_bytes: int) -> bool:
+        if self.array is None:
+            self.pieces.append(ids)
+        elif self.length + len(ids) <= len(self.array):
+            self.array[self.length:self.length + len(ids)] = ids
+        else:
+            return False
+        self.length += len(ids)
+        self.text_bytes += text_bytes
+        self.documents += 1
+        return True
+
+    def tokens(self) -> np.ndarray:
+        return np.concatenate(self.pieces) if self.array is None else self.array[:self.length]
+
+
+def load_or_pack(documents, tokenizer, stem: str | None, max_tokens: int = 0) -> Packed:
+    """The packed split cached at `stem` (.npy + .json, memory-mapped), else packed (`pack`) and saved
+    there; `stem` None packs in memory only."""
     loaded = None if stem is None else cache.load_tokens(stem)
     if loaded is not None:
         tokens, meta = loaded
         return Packed(tokens, meta["text_bytes"], meta["documents"])
-    packed = pack(documents, tokenizer)
+    packed = pack(documents, tokenizer, max_tokens)
     if stem is not None:
         cache.save_tokens(stem, packed.tokens, {"text_bytes": packed.text_bytes, "documents": packed.documents,
                                                 "tokens": len(packed.tokens), "tokenizer": tokenizer.fingerprint})

@@ -43,6 +43,7 @@ class Spec:
     data_dir: str | None
     text_key: str
     cache_dir: str | None
+    train_tokens: int = 0  # the training split packed to at most this many tokens (0: all of it)
 
     @property
     def module(self):
@@ -68,15 +69,18 @@ def valid_utf8(text: bytes) -> bytes:
     return text.decode("utf-8", errors="replace").encode()
 
 
-def _spec(name: str, tokenizer: str, data_dir: str | None, text_key: str, cache_dir: str | None) -> Spec | None:
+def _spec(name: str, tokenizer: str, data_dir: str | None, text_key: str, cache_dir: str | None,
+          train_tokens: int) -> Spec | None:
     """The Spec of text data (None for synthetic), after checking the name and tokenizer spec."""
     module = _module(name)
     tokenizers.check_spec(tokenizer)
     if module is None:
         if tokenizer != "bytes":
             raise UsageError("--tokenizer", "synthetic data is token ids already; drop --tokenizer")
+        if train_tokens:
+            raise UsageError("--data_tokens", "synthetic data is generated, not packed; drop --data_tokens")
         return None
-    return Spec(name, tokenizer, data_dir, text_key, cache_dir)
+    return Spec(name, tokenizer, data_dir, text_key, cache_dir, train_tokens)
 
 
 def _check_split(split: str) -> None:
@@ -85,33 +89,38 @@ def _check_split(split: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _packed_by_key(spec: Spec, split: str, key: str) -> packing.Packed:
+def _packed_by_key(spec: Spec, split: str, max_tokens: int, key: str) -> packing.Packed:
     """Packs (or loads) a split once per process and `key`, the hash of everything its stream depends on."""
     stem = None
     if spec.cache_dir is not None:
         file_name = f"{cache.safe(spec.name)}-{split}-{cache.safe(spec.tokenizer)}-{key}"
         stem = os.path.join(spec.cache_dir, "tokens", file_name)
-    return packing.load_or_pack(spec.documents(split), spec.make_tokenizer(), stem)
+    return packing.load_or_pack(spec.documents(split), spec.make_tokenizer(), stem, max_tokens)
 
 
 def _packed(spec: Spec, split: str) -> packing.Packed:
-    """The split packed, or UsageError if it has no documents."""
+    """The split packed (the training split to at most spec.train_tokens), or UsageError if that holds no
+    document."""
+    max_tokens = spec.train_tokens if split == "train" else 0
     description = {"data": spec.data_fingerprint(), "tokenizer": spec.make_tokenizer().fingerprint,
-                   "split": split, "packing": packing.PACKING}
-    packed = _packed_by_key(spec, split, cache.key(description))
+                   "split": split, "packing": packing.PACKING, **({"max_tokens": max_tokens} if max_tokens else {})}
+    packed = _packed_by_key(spec, split, max_tokens, cache.key(description))
+    if packed.documents == 0 and max_tokens:
+        raise UsageError("--data_tokens", f"{max_tokens} tokens hold not even the first document of {spec.name}; "
+                                          "raise it")
     if packed.documents == 0:
         raise UsageError("--data", f"{spec.name} has no {split} documents; choose another dataset")
     return packed
 
 
 def make_source(name: str, split: str, seq_len: int, tokenizer: str = "bytes", data_dir: str | None = None,
-                text_key: str = "text", cache_dir: str | None = None):
+                text_key: str = "text", cache_dir: str | None = None, train_tokens: int = 0):
     """A grain random-access source of np.int32 records of length seq_len + 1 ("train" or "eval" split).
 
     Inputs are record[:-1] and targets record[1:]. Text data: windows of the packed split (packing.py).
     `data_dir` and `text_key` apply to tfds:NAME (text_key: the example feature holding the text).
     """
-    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir)
+    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir, train_tokens)
     _check_split(split)
     if spec is None:
         source = synthetic.make_source(name, split, seq_len)
@@ -123,36 +132,37 @@ def make_source(name: str, split: str, seq_len: int, tokenizer: str = "bytes", d
 
 
 def vocab_size(name: str, tokenizer: str = "bytes", data_dir: str | None = None, text_key: str = "text",
-               cache_dir: str | None = None) -> int:
+               cache_dir: str | None = None, train_tokens: int = 0) -> int:
     """Number of distinct token ids: 256 for synthetic, 257 for bytes (with the end-of-document id),
     N for spm:N (SentencePiece trains exactly N pieces)."""
-    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir)
+    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir, train_tokens)
     if spec is None:
         return synthetic.VOCAB
     return tokenizers.check_spec(tokenizer) or tokenizers.ByteTokenizer.vocab_size
 
 
 def fingerprint(name: str, tokenizer: str = "bytes", data_dir: str | None = None, text_key: str = "text",
-                cache_dir: str | None = None) -> dict:
+                cache_dir: str | None = None, train_tokens: int = 0) -> dict:
     """A JSON-serialisable description of the data, recorded in run configs: the data's own fingerprint,
     plus for text data the tokenizer's (spm: the sha256 of its model) and the packing."""
-    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir)
+    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir, train_tokens)
     if spec is None:
         return synthetic.fingerprint(name)
-    return {**spec.data_fingerprint(), "tokenizer": dict(spec.make_tokenizer().fingerprint), "packing": packing.PACKING}
+    return {**spec.data_fingerprint(), "tokenizer": dict(spec.make_tokenizer().fingerprint), "packing": packing.PACKING,
+            **({"train_tokens": train_tokens} if train_tokens else {})}
 
 
 def tokenizer(name: str, tokenizer: str = "bytes", data_dir: str | None = None, text_key: str = "text",
-              cache_dir: str | None = None):
+              cache_dir: str | None = None, train_tokens: int = 0):
     """The tokenizer of text data (None for synthetic), to encode prompts and decode samples."""
-    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir)
+    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir, train_tokens)
     return None if spec is None else spec.make_tokenizer()
 
 
 def bytes_per_token(name: str, split: str, tokenizer: str = "bytes", data_dir: str | None = None,
-                    text_key: str = "text", cache_dir: str | None = None) -> float | None:
+                    text_key: str = "text", cache_dir: str | None = None, train_tokens: int = 0) -> float | None:
     """UTF-8 text bytes per target token over the whole split (an eod counts as one byte), None for
     synthetic data (no text). Bits per byte = mean token loss in nats / ln 2 / bytes_per_token."""
-    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir)
+    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir, train_tokens)
     _check_split(split)
     return None if spec is None else _packed(spec, split).bytes_per_token

@@ -257,7 +257,8 @@ def _warn_of_repeats(name: str, data_name: str, epochs: float) -> None:
     if epochs > USEFUL_EPOCHS and jax.process_index() == 0:
         print(f"WARNING: run {name} reads the training split of --data {data_name} {epochs:.1f} times; "
               f"past ~{USEFUL_EPOCHS} epochs repeated tokens are worth much less than new ones, so its loss is not "
-              "what this compute reaches on more data: use a larger corpus (--data tfds:NAME)", file=sys.stderr)
+              "what this compute reaches on more data: use more (a larger corpus, --data tfds:NAME, or a larger "
+              "--data_tokens)", file=sys.stderr)
 
 
 def _with_causal_loss(summary: dict, model_cfg: ModelConfig) -> dict:

@@ -43,7 +43,8 @@ class Run:
         self.arch = get_architecture(model_cfg.arch)
         self.arch.check_fits(mesh, model_cfg, train_cfg.batch_size)
         self.data_options = {"tokenizer": train_cfg.tokenizer, "data_dir": train_cfg.data_dir,
-                             "text_key": train_cfg.text_key, "cache_dir": cache_dir}
+                             "text_key": train_cfg.text_key, "cache_dir": cache_dir,
+                             "train_tokens": train_cfg.data_tokens}
         per_device = train_cfg.batch_size // sharding.batch_ways(mesh)
         if per_device % train_cfg.microbatches:
             raise UsageError("--microbatches", f"{train_cfg.microbatches} does not divide the {per_device} sequences "
