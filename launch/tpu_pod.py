@@ -6,11 +6,14 @@
 First the repository reaches every worker: --sync copy (default) packs this checkout's files (git
 ls-files, uncommitted edits included), copies the archive to every worker and unpacks it into
 --repo_dir; --sync clone clones --repo_url at --revision there; --sync none expects it in place
-(NFS). --setup then runs `pip install -e '.[data]'` there. Every worker runs the same program and joins
-the job through jax.distributed.initialize() (SCALING_DISTRIBUTED=auto, read by scaling/distributed.py).
+(NFS). --setup then installs it there with jax for TPUs at this host's jax version (`pip install -e
+'.[data]' 'jax[tpu]==X'`: the plain jax a bare worker would otherwise get runs on its CPU, not its
+chips). Every worker runs the same program and joins the job through jax.distributed.initialize()
+(SCALING_DISTRIBUTED=auto, read by scaling/distributed.py).
 --workdir may be a gs:// path (every file goes through etils.epath; orbax writes each host's shards).
 --dry_run prints every command (the local packing, then each gcloud call) instead of running it.
 """
+import importlib.metadata
 import shlex
 import subprocess
 
@@ -54,10 +57,15 @@ def sync(args) -> list[list[str]]:
     return []
 
 
+def install_command() -> str:
+    """pip installs the repository with its data extra, and jax with libtpu at the version this host runs."""
+    return f"pip install -e '.[data]' 'jax[tpu]=={importlib.metadata.version('jax')}'"
+
+
 def commands(args, command: list[str]) -> list[list[str]]:
     """The commands to run in order: sync, the optional install, then the command itself."""
     cd = f"cd {remote_dir(args.repo_dir)}"
-    install = [ssh(args, f"{cd} && pip install -e '.[data]'")] if args.setup else []
+    install = [ssh(args, f"{cd} && {install_command()}")] if args.setup else []
     return sync(args) + install + [ssh(args, f"{cd} && SCALING_DISTRIBUTED=auto {shlex.join(command)}")]
 
 
@@ -71,7 +79,8 @@ def run(argv: list[str]) -> int:
                         help="How the repository reaches the workers (default: copy this checkout).")
     parser.add_argument("--repo_url", default=None, help="With --sync clone: the repository to clone.")
     parser.add_argument("--revision", default="main", help="With --sync clone: the branch, tag or commit.")
-    parser.add_argument("--setup", action="store_true", help="pip install -e '.[data]' on every worker first.")
+    parser.add_argument("--setup", action="store_true", help="Install the repository and jax[tpu] (this host's jax "
+                                                             "version) on every worker first.")
     parser.add_argument("--dry_run", action="store_true", help="Print the commands instead of running them.")
     args, command = common.parse(parser, argv)
     for flag in ("tpu_name", "zone", "repo_dir"):

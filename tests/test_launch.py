@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -172,7 +173,7 @@ def test_tpu_pod_dry_run_prints_the_gcloud_commands():
     assert copy == [*gcloud, "scp", "/tmp/scaling-src.tar.gz", "pod:/tmp/scaling-src.tar.gz", *where]
     assert unpack[:-1] == setup[:-1] == train[:-1] == [*gcloud, "ssh", "pod", *where, "--command"]
     assert unpack[-1] == "mkdir -p ~/'my repo' && tar -xzf /tmp/scaling-src.tar.gz -C ~/'my repo'"
-    assert setup[-1] == "cd ~/'my repo' && pip install -e '.[data]'"
+    assert setup[-1] == f"cd ~/'my repo' && pip install -e '.[data]' 'jax[tpu]=={jax.__version__}'"
     assert shlex.split(train[-1]) == ["cd", "~/my repo", "&&", "SCALING_DISTRIBUTED=auto", *command]
 
 
