@@ -49,7 +49,8 @@ def test_isoflop_bad_input(tmp_path, args, flag):
 @pytest.mark.parametrize("args, flag", [(["--b2", "1.0"], "--b2"), (["--tokens", "2000.5"], "--tokens"),
                                         (["--tokenizer", "spm:100"], "--tokenizer"),
                                         (["--data", "tfds:nope", "--data_dir", "/no/such/dir"], "--data_dir"),
-                                        (["--seq_len", "64", "--data_tokens", "64"], "--data_tokens")])
+                                        (["--seq_len", "64", "--data_tokens", "64"], "--data_tokens"),
+                                        (["--seq_len", "64", "--data_tokens", "100"], "--data_tokens")])
 def test_every_train_config_field_is_a_checked_flag(tmp_path, args, flag):
     assert_usage_error(run("experiments.train", *args, "--workdir", str(tmp_path / "run")), flag)
     assert not (tmp_path / "run").exists()

@@ -83,13 +83,13 @@ class _Stream:
 
 def load_or_pack(documents, tokenizer, stem: str | None, max_tokens: int = 0) -> Packed:
     """The packed split cached at `stem` (.npy + .json, memory-mapped), else packed (`pack`) and saved
-    there; `stem` None packs in memory only."""
+    there unless it holds no document; `stem` None packs in memory only."""
     loaded = None if stem is None else cache.load_tokens(stem)
     if loaded is not None:
         tokens, meta = loaded
         return Packed(tokens, meta["text_bytes"], meta["documents"])
     packed = pack(documents, tokenizer, max_tokens)
-    if stem is not None:
+    if stem is not None and packed.documents:  # an empty split is refused (sources.py), not kept
         cache.save_tokens(stem, packed.tokens, {"text_bytes": packed.text_bytes, "documents": packed.documents,
                                                 "tokens": len(packed.tokens), "tokenizer": tokenizer.fingerprint})
     return packed
