@@ -131,7 +131,8 @@ def main(argv) -> None:
         print(f"wall time for {len(devices)} x {accelerator.name} ({memory_gib:g} of {accelerator.memory_gib:g} GiB "
               f"usable each) at MFU {mfu:.2f} ({source}); {planning_compiler(accelerator, devices)}")
     if sum(seconds.values()) > DAY:
-        print(f"WARNING: this sweep is estimated to take {format_duration(sum(seconds.values()))} on the current devices")
+        print(f"WARNING: this sweep is estimated to take {format_duration(sum(seconds.values()))} on the current "
+              "devices")
     if FLAGS.dry_run:
         return
     sweep.write_plan(workdir, plan)

@@ -11,8 +11,8 @@ from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.models.registry import get_architecture, model_config, model_config_from_dict
 
 RESULT_KEYS = {"run_id", "arch", "budget", "params", "nonembed_params", "active_params", "flops_per_token", "tokens",
-               "steps", "epochs", "seq_len", "batch_size", "remat", "microbatches", "final_train_loss", "final_eval_loss",
-               "seed", "learning_rate", "final_eval_causal_loss", "final_eval_bpb", "status",
+               "steps", "epochs", "seq_len", "batch_size", "remat", "microbatches", "final_train_loss",
+               "final_eval_loss", "seed", "learning_rate", "final_eval_causal_loss", "final_eval_bpb", "status",
                "wall_s", "flops_convention", "data_fingerprint"}
 
 
