@@ -136,8 +136,8 @@ def aggregate_seeds(results, x_key: str = "params", metric: str = LOSS_KEY) -> l
     """One point per (arch, budget, size = the `x_key` value), averaging the seeds: the fits use one loss
     per size, its mean over the runs with a finite metric (Hoffmann et al. 2022 fit one loss per model).
 
-    Each point: arch, budget, the x_key value, params, active_params, tokens, flops_per_token (None if
-    unrecorded), `metric` (the mean, None without a finite value), "min" and "max" (the spread, SPREAD),
+    Each point: arch, budget, the x_key value, params, active_params, tokens, flops_per_token and epochs
+    of the training data (each None if unrecorded), `metric` (the mean, None without a finite value), "min" and "max" (the spread, SPREAD),
     "seeds" (runs averaged), "run_ids" (the runs not diverged) and "diverged" (run_ids left out).
     Sorted by arch, budget and params.
     """
@@ -150,7 +150,7 @@ def aggregate_seeds(results, x_key: str = "params", metric: str = LOSS_KEY) -> l
         first = rows[0]
         points.append({"arch": arch, "budget": float(budget), x_key: x, "params": first["params"],
                        "active_params": first.get("active_params", first["params"]), "tokens": first["tokens"],
-                       "flops_per_token": first.get("flops_per_token"),
+                       "flops_per_token": first.get("flops_per_token"), "epochs": first.get("epochs"),
                        metric: float(np.mean(values)) if values else None,
                        "min": min(values, default=None), "max": max(values, default=None), "seeds": len(values),
                        "run_ids": [r["run_id"] for r in rows if not diverged(r)],

@@ -193,14 +193,15 @@ def _baseline_table(comparison, baseline: str) -> list[str]:
 
 
 def _runs_table(results, metric: str) -> list[str]:
-    """One row per arch, budget and size: run_ids, params, tokens, seeds averaged, mean and spread."""
-    lines = [f"| arch | budget C | run_ids | params | tokens | seeds | {metric} | spread |",
-             "|---|---|---|---|---|---|---|---|"]
+    """One row per arch, budget and size: run_ids, params, tokens, epochs of the training data, seeds
+    averaged, mean and spread."""
+    lines = [f"| arch | budget C | run_ids | params | tokens | epochs | seeds | {metric} | spread |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for p in analysis.aggregate_seeds(results, "params", metric):
         ids = ", ".join(p["run_ids"] + [f"{run_id} (diverged)" for run_id in p["diverged"]])
         spread = f"{p['min']:.4f}..{p['max']:.4f}" if p["seeds"] > 1 else NONE
         lines.append(f"| {p['arch']} | {p['budget']:.3g} | {ids} | {p['params']:.3g} | {p['tokens']:.3g} | "
-                     f"{p['seeds']} | {_num(p[metric], '.4f')} | {spread} |")
+                     f"{_num(p['epochs'], '.2g')} | {p['seeds']} | {_num(p[metric], '.4f')} | {spread} |")
     return lines
 
 

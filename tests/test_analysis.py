@@ -459,7 +459,8 @@ def write_sweep_workdir(workdir, plan=True):
     for arch, scale in (("gpt", 1.0), ("ngpt", 0.97)):
         for row in law_sweep(budgets=(1e17, 1e18, 1e19), seeds=(0, 1), noise=0.003, rng_seed=len(arch), arch=arch):
             rows.append(dict(row, final_eval_loss=scale * row["final_eval_loss"], status="complete", learning_rate=3e-3,
-                             data_fingerprint={"name": "pystdlib", "tokenizer": "utf8-bytes"}, seq_len=64))
+                             data_fingerprint={"name": "pystdlib", "tokenizer": "utf8-bytes"}, seq_len=64,
+                             epochs=row["tokens"] / 4e10))
     rows[3].update(status="diverged", final_eval_loss=None)
     write_jsonl(workdir / "results.jsonl", rows)
     if plan:
@@ -533,6 +534,7 @@ def test_report_tables_come_from_the_workdirs_files(tmp_path):
         law = fits[arch]["power_law"]["n_opt_law"]
         assert f"{law['exponent']:.3f} [{law['exponent_ci'][0]:.3f}, {law['exponent_ci'][1]:.3f}]" in sweep_text
     assert f"| {rows[3]['run_id']} |" in sweep_text and f"{rows[3]['run_id']} (diverged)" in sweep_text
+    assert f"| {rows[0]['tokens']:.3g} | {rows[0]['epochs']:.2g} | " in sweep_text  # the epochs read, per size
     laws = analysis.fit_parametric_sweep(rows, resamples=30)
     assert f"| gpt | 21 | {laws['gpt']['E']:.4g} [" in sweep_text
     against = analysis.compare_to_baseline(rows, "gpt", resamples=30)["ngpt"][repr(1e18)]
