@@ -7,7 +7,9 @@ GLA (section 3.3): q = SiLU(x W_q), k = SiLU(x W_k), v = x W_v, u = x W_u (one f
 o = causal linear attention with the fixed decay lambda_{h,l} (eq. 10, official code), no 1/sqrt(d);
 out = W_o (u * SRMSNorm(o)), SRMSNorm over the whole hidden dim. SGLU (section 3.3): W_3 (W_1 x * W_2 x).
 SRMSNorm (section 3.4) is RMSNorm without a gain. Each block looks its decays up by its layer index,
-so `scan_layers` still compiles one block.
+so `scan_layers` still compiles one block. Position (section 3.1): the decay in every block and, in the
+first only, LRPE on q and k (LRPE-d; the paper's "Mix" and the released models' setting), that block
+being the stack's unscanned prefix.
 """
 import dataclasses
 import functools
@@ -52,10 +54,10 @@ def layer_decays(n_heads: int, n_layers: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class TNLOptions(ArchOptions):
-    """Lightning Attention's chunking and the optional LRPE first layer."""
+    """Lightning Attention's chunking, LRPE on the first layer (on by default) and the embedding scale."""
 
     chunk_size: int = option(64, "Lightning Attention chunk size, a power of two.")
-    lrpe: bool = option(False, "LRPE on the first layer.")
+    lrpe: bool = option(True, "LRPE on the first layer, the paper's choice ('Mix'; --nolrpe: decay alone).")
     scale_embedding: bool = option(True, "Multiply the token embeddings by sqrt(d_model) (the official code's "
                                          "default, no_scale_embedding=False).")
 
