@@ -120,3 +120,10 @@ def test_bad_tnl_flags_are_one_line_and_exit_2(tmp_path, args, flag):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and flag in lines[0], result.stderr
     assert not workdir.exists()
+
+
+def test_lrpe_is_on_the_first_layer_by_default_as_in_the_paper():
+    cfg = model_config("tnl", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16)
+    tokens = jnp.zeros((1, cfg.seq_len), jnp.int32)
+    blocks = nn.unbox(TNL(cfg).init(jax.random.key(0), tokens)["params"])["blocks"]
+    assert "lrpe" in blocks["prefix_0"]["block_0"]["attn"] and "lrpe" not in blocks["layers"]["block_0"]["attn"]
