@@ -137,8 +137,9 @@ def aggregate_seeds(results, x_key: str = "params", metric: str = LOSS_KEY) -> l
     per size, its mean over the runs with a finite metric (Hoffmann et al. 2022 fit one loss per model).
 
     Each point: arch, budget, the x_key value, params, active_params, tokens, flops_per_token and epochs
-    of the training data (each None if unrecorded), `metric` (the mean, None without a finite value), "min" and "max" (the spread, SPREAD),
-    "seeds" (runs averaged), "run_ids" (the runs not diverged) and "diverged" (run_ids left out).
+    of the training data (each None if unrecorded), `metric` (the mean, None without a finite value),
+    "min" and "max" (the spread, SPREAD), "seeds" (runs averaged), "run_ids" (the runs not diverged)
+    and "diverged" (run_ids left out).
     Sorted by arch, budget and params.
     """
     sizes: dict[tuple, list[dict]] = {}
