@@ -218,36 +218,44 @@ def train(
     log = MetricsLog(epath.Path(run_dir) / "metrics.jsonl")
     history = log.truncate_after(int(state.step))
     loop = _Loop(run, mngr, log, config["counts"]["flops_per_token"], history[-1]["wall_s"] if history else 0.0)
-    status, diverged = "complete", None
+    diverged = None
     try:
         with PreemptionWatch() as watch:
             loop.train(state, stop_step, watch, name)
     except Diverged as error:
-        status, diverged = "diverged", {"step": error.step, "what": error.what, "last_checkpoint": mngr.latest_step()}
+        diverged = {"step": error.step, "what": error.what, "last_checkpoint": mngr.latest_step()}
     finally:
         log.flush()
         mngr.wait_until_finished()
         mngr.close()
     steps = diverged["step"] if diverged else stop_step
-    summary = {
-        "status": status,
+    summary = _summary(loop, config, steps, steps * epochs_per_step, diverged,
+                       complete=not diverged and stop_step == run.total_steps)
+    if summary["complete"] or diverged:
+        _write_json(summary_path, summary)
+    return summary
+
+
+def _summary(loop: "_Loop", config: dict, steps: int, epochs: float, diverged: dict | None, complete: bool) -> dict:
+    """summary.json: the status, what the run read, its final losses (None once it diverged), its counts
+    and data."""
+    final = {} if diverged else loop.last
+    return {
+        "status": "diverged" if diverged else "complete",
         "steps": steps,
-        "complete": status == "complete" and stop_step == run.total_steps,
-        "tokens": steps * train_cfg.batch_size * model_cfg.seq_len,
-        "epochs": steps * epochs_per_step,
-        "final_train_loss": None if diverged else loop.last["loss"],
-        "final_eval_loss": None if diverged else loop.last["eval_loss"],
+        "complete": complete,
+        "tokens": steps * loop.tokens_per_step,
+        "epochs": epochs,
+        "final_train_loss": final.get("loss"),
+        "final_eval_loss": final.get("eval_loss"),
         # the eval pass uses no later token unless the training pass looks ahead
-        "final_eval_causal_loss": None if diverged else loop.last.get("eval_causal_loss", loop.last["eval_loss"]),
-        "final_eval_bpb": None if diverged else loop.evaluate.bits_per_byte(loop.last["eval_loss"]),
+        "final_eval_causal_loss": final.get("eval_causal_loss", final.get("eval_loss")),
+        "final_eval_bpb": None if diverged else loop.evaluate.bits_per_byte(final["eval_loss"]),
         "wall_s": loop.wall_s,
         **config["counts"],
         "data_fingerprint": config["data_fingerprint"],
         **({"diverged": diverged} if diverged else {}),
     }
-    if summary["complete"] or diverged:
-        _write_json(summary_path, summary)
-    return summary
 
 
 def _warn_of_repeats(name: str, data_name: str, epochs: float) -> None:
