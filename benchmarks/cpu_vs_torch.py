@@ -11,10 +11,10 @@ tokens/s of each and the median over rounds of the ratio (ours over PyTorch's, t
 so that the machine's drifts cancel) are printed as JSON with the CPU's model and flags. With
 `--matmuls` it times the step's matmuls instead, each alone in both libraries (XLA's with the
 toolkit's CPU options): every projection's forward and both gradients, and the attention's batched
-products, in GFLOP/s (README, Performance: what bounds the step on a CPU). Needs
+products, in GFLOP/s (benchmarks/README.md, CPU: how far the step can go). Needs
 `pip install torch` (not a dependency of the toolkit). `ATEN_CPU_CAPABILITY=avx2` and
 `XLA_FLAGS=--xla_cpu_max_isa=AVX2` do not reproduce an AVX2-only machine on one with AVX-512: the
-XLA flag restricts the code XLA generates, not the matmul libraries it calls (README, Performance).
+XLA flag restricts the code XLA generates, not the matmul libraries it calls (benchmarks/README.md, CPU).
 """
 import argparse
 import json

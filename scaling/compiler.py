@@ -1,7 +1,7 @@
 """XLA compile options of the toolkit's train, eval and decode steps, chosen by the platform they compile for.
 
 XLA:CPU hands dots, reductions and elementwise fusions to YNNPACK by default (recent jaxlib). Which
-is faster depends on the CPU (README, Performance; train steps side by side in one process): on an
+is faster depends on the CPU (benchmarks/README.md, CPU; train steps side by side in one process): on an
 AVX2-only AMD EPYC the steps of gpt, ngpt, switch and mod ran 8-15% faster (tnl 3%) on XLA's own
 kernels (Eigen matmuls, its loop fusions), where YNNPACK's batched attention dots ran at 65-75% of
 Eigen's rate; on an AMD EPYC with AVX-512 (Zen 5) YNNPACK's were 2-8% faster for all five. So x86

@@ -5,7 +5,7 @@ XLA:CPU allocates a step's temporaries afresh at every execution, with malloc, f
 threads: one block of 196 MB for the README bench step looped, 256 MB unrolled. glibc serves such
 a block with a fresh mmap (a thread's arena holds at most 64 MiB) and unmaps it when freed, so every
 step faults each 4 KiB page in again and the kernel zero-fills it: 45,000 page faults and ~0.1 s of
-system time per looped step there (README, Performance). With one arena, mmap off and trimming off,
+system time per looped step there (benchmarks/README.md, CPU). With one arena, mmap off and trimming off,
 the block comes from the heap and its pages stay mapped for the next step. The cost is resident
 memory: the heap is never returned and keeps its fragments; with the bench step (unrolled, PyTorch
 loaded too) the process held 1.72 GB against 1.07 GB without, its heap growing, and faulting, over

@@ -66,8 +66,8 @@ def _elements_of_fusions_that_take_sines(hlo: str) -> list[int]:
 
 def test_compiled_rope_takes_each_sine_once_per_position_not_per_head(tiny_model):
     """In the compiled gradient of the model, no fusion evaluates a sine or cosine for more elements than
-    batch x length x d_head / 2: they are not recomputed for every head and half of q and k (README,
-    Performance: XLA fused them into the rotation; without that a CPU train step took 7% less time)."""
+    batch x length x d_head / 2: they are not recomputed for every head and half of q and k (benchmarks/
+    README.md, CPU: XLA fused them into the rotation; without that a CPU train step took 7% less time)."""
     model = GPT(tiny_model)
     tokens = jnp.zeros((2, tiny_model.seq_len), jnp.int32)
     params = model.init(jax.random.key(0), tokens)

@@ -41,7 +41,7 @@ def _masked_softmax_attention(q, k, v, scale: float, visible: jax.Array) -> jax.
 
     Heads-major: q [b, h, n, d], k and v [b, h, s, d], visible broadcastable to [b, h, n, s]; both
     products are then batched matmuls over (b, h) as they stand, where with the heads after the
-    positions XLA:CPU transposes v and the output across d and the positions (README, Performance).
+    positions XLA:CPU transposes v and the output across d and the positions (benchmarks/README.md, CPU).
     """
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     weights = masked_softmax(scores, visible).astype(v.dtype)
@@ -63,7 +63,7 @@ def causal_attention(q, k, v, scale: float, mask: jax.Array | None = None) -> ja
     which materialises the scores). Elsewhere the queries go in blocks of QUERY_BLOCK, each scored
     against the keys up to its last position only, so the blocks above the diagonal, which causality
     masks whole, are never computed (n blocks compute (n + 1) / 2n of the T x T scores; scaling.flops
-    counts the full square, the usual convention). On an AVX2-only CPU (README, Performance), side by
+    counts the full square, the usual convention). On an AVX2-only CPU (benchmarks/README.md, CPU), side by
     side with the whole square, blocks of 256 took 6% and 15% off the train step at 512 and 1024
     tokens; blocks of 128 were level with them at 256 and 512 tokens and 1-4% slower at 1024, blocks
     of 64 slower still.
