@@ -9,6 +9,7 @@ import pytest
 from scaling import sweep
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.models.registry import get_architecture, model_config, model_config_from_dict
+from scaling.lr_search import kaplan_learning_rate
 
 RESULT_KEYS = {"run_id", "arch", "budget", "params", "nonembed_params", "active_params", "flops_per_token", "tokens",
                "steps", "epochs", "seq_len", "batch_size", "remat", "microbatches", "final_train_loss",
@@ -65,7 +66,7 @@ def test_switch_plans_only_shapes_with_an_expert_block_at_the_lr_of_its_active_s
     for run in runs:
         shape = model_config_from_dict(run["model"])
         assert shape.n_layers >= 2
-        dense = sweep.kaplan_learning_rate(get_architecture("gpt").counts(shape).nonembed_params)
+        dense = kaplan_learning_rate(get_architecture("gpt").counts(shape).nonembed_params)
         assert run["train"]["learning_rate"] == pytest.approx(dense, rel=0.01)  # not the total size's lower LR
 
 
@@ -173,7 +174,7 @@ def test_lr_search_tunes_each_architecture_then_carries_its_best_by_the_kaplan_r
     assert entry["chosen_lr"] == best
     for run in written["runs"]:
         active = run["active_params"] - (run["params"] - run["nonembed_params"])
-        expected = best * sweep.kaplan_learning_rate(active) / entry["kaplan_lr"]
+        expected = best * kaplan_learning_rate(active) / entry["kaplan_lr"]
         assert run["train"]["learning_rate"] == pytest.approx(expected)
     results = json_lines(workdir, "results.jsonl")
     assert [r["learning_rate"] for r in results] == [r["train"]["learning_rate"] for r in written["runs"]]
