@@ -22,7 +22,8 @@ from scaling import sharding
 from scaling.config import MeshConfig, TrainConfig
 from scaling.models.registry import get_architecture
 from scaling.sample import sample
-from scaling.train.loop import EVAL_SEED, read_config
+from scaling.train.evaluation import EVAL_SEED
+from scaling.train.run_dir import read_config
 from scaling.train.run import Run
 
 

@@ -26,7 +26,9 @@ from scaling import sharding
 from scaling.config import MeshConfig, TrainConfig, UsageError
 from scaling.models.registry import model_config_from_dict
 from scaling.train import checkpoints
-from scaling.train.loop import Evaluator, read_config, train
+from scaling.train.evaluation import Evaluator
+from scaling.train.loop import train
+from scaling.train.run_dir import read_config
 from scaling.train.run import Run
 from scaling.train.steps import apply_for_training, token_cross_entropy
 

@@ -23,7 +23,8 @@ from scaling.models.registry import get_architecture, model_config
 from scaling.nn.mod import RoutedBlock, routed_tokens, top_k_routing
 from scaling.nn.stack import Context
 from scaling.sample import Decoder
-from scaling.train.loop import EVAL_SEED, train
+from scaling.train.evaluation import EVAL_SEED
+from scaling.train.loop import train
 from scaling.train.run import Run
 from scaling.train.steps import token_cross_entropy
 

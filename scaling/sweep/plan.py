@@ -16,7 +16,7 @@ from scaling.flops import CONVENTION
 from scaling.lr_search import kaplan_learning_rate
 from scaling.models.registry import get_architecture
 from scaling.shapes import MAX_PARAMS, MIN_PARAMS, shape_for_params
-from scaling.train.loop import LAYOUT
+from scaling.train.run_dir import LAYOUT
 
 TOKENS_PER_PARAM = 20
 SPAN = 4.0

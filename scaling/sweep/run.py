@@ -14,7 +14,8 @@ from scaling.config import MeshConfig, TrainConfig, UsageError
 from scaling.flops import CONVENTION
 from scaling.models.registry import model_config_from_dict
 from scaling.sweep.plan import all_runs
-from scaling.train.loop import LAYOUT, default_cache_dir, train
+from scaling.train.loop import train
+from scaling.train.run_dir import LAYOUT, default_cache_dir
 from scaling.train.metrics import append_lines, format_duration, make_parent, strict_json
 
 

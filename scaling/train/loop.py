@@ -8,7 +8,6 @@ run at once; no non-finite state is ever checkpointed). SIGTERM saves the curren
 checkpoint; the batch at step s is a pure function of (seed, s), so a resumed run reads exactly
 what the uninterrupted one would have.
 """
-import dataclasses
 import json
 import math
 import os
@@ -16,106 +15,22 @@ import sys
 import time
 from typing import Callable
 
-import flax
 import jax
 import numpy as np
-import optax
-import orbax.checkpoint
 from etils import epath
 from tqdm import tqdm
 
-from scaling import data, hardware, sharding
-from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
-from scaling.flops import CONVENTION
+from scaling import hardware, sharding
+from scaling.config import MeshConfig, ModelConfig, TrainConfig
 from scaling.train import checkpoints, fitting
-from scaling.train.metrics import MetricsLog, make_parent, progress_line, throughput
+from scaling.train.evaluation import Evaluator
+from scaling.train.metrics import MetricsLog, progress_line, throughput
 from scaling.train.preemption import Preempted, PreemptionWatch
 from scaling.train.run import Run
+from scaling.train.run_dir import check_config, default_cache_dir, run_config, write_config, write_json
 from scaling.train.steps import Loss
 
-EVAL_SEED = 1234
 USEFUL_EPOCHS = 4  # repeats of the training data a run may read without a warning (_warn_of_repeats)
-# Version of the parameter and config layout; runs written by another layout are refused, not mixed.
-LAYOUT = 2
-
-
-def run_config(run: Run, mesh_cfg: MeshConfig, extra: dict | None = None) -> dict:
-    """Everything that determines a run's results, as recorded in config.json (with the remat,
-    microbatches and mesh its devices got, which may differ when it resumes elsewhere)."""
-    return {
-        "layout": LAYOUT,
-        "model": dataclasses.asdict(run.model_cfg),
-        "train": dataclasses.asdict(run.train_cfg),
-        "mesh": dataclasses.asdict(mesh_cfg),
-        "counts": dataclasses.asdict(run.arch.counts(run.model_cfg)),
-        "flops_convention": CONVENTION,
-        "data_fingerprint": data.fingerprint(run.train_cfg.data, **run.data_options),
-        **(extra or {}),
-    }
-
-
-def _versions() -> dict:
-    return {
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "orbax": orbax.checkpoint.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
-# Settings that fit a run to its devices: they may change when it resumes elsewhere; the math does not.
-FITTED = {"model": ("remat", "unroll_layers"), "train": ("microbatches",)}
-
-
-def _comparable(config: dict) -> dict:
-    kept = {key: value for key, value in config.items()
-            if key not in ("versions", "hardware", "mesh", "memory", "data_cache")}
-    for part, fields in FITTED.items():
-        kept[part] = {key: value for key, value in kept[part].items() if key not in fields}
-    return kept
-
-
-def read_config(run_dir: str) -> dict | None:
-    """config.json of a run directory (None if there is none); a run of another layout is refused."""
-    path = epath.Path(run_dir) / "config.json"
-    if not path.exists():
-        return None
-    config = json.loads(path.read_text())
-    if config.get("layout") != LAYOUT:
-        raise UsageError("--workdir", f"{run_dir} was written by an earlier version of this toolkit (another "
-                                      "parameter layout) and cannot be resumed; choose a new --workdir")
-    return config
-
-
-def _check_config(run_dir: str, config: dict) -> None:
-    """Refuses to mix results with a different run already in `run_dir`.
-
-    The mesh and the fitted settings may differ between a run and its resumption (checkpoints
-    restore onto any layout).
-    """
-    existing = read_config(run_dir)
-    if existing is not None and _comparable(existing) != _comparable(json.loads(json.dumps(config))):
-        raise UsageError("--workdir", f"{run_dir} holds a run with a different configuration; choose a new --workdir")
-
-
-def _write_json(path: epath.Path, record: dict) -> None:
-    """Writes one JSON file from process 0 (the one writer of shared files)."""
-    if jax.process_index() == 0:
-        make_parent(path)
-        path.write_text(json.dumps(record, indent=2))
-
-
-def _write_config(run_dir: str, config: dict) -> None:
-    """Writes config.json as this invocation runs it (mesh and fitted settings included)."""
-    _write_json(epath.Path(run_dir) / "config.json", {**config, "versions": _versions()})
-
-
-def default_cache_dir(run_dir: str) -> str:
-    """Where a run keeps its tokenizer and tokenised data unless told: beside it, if it is local."""
-    if "://" in str(run_dir):
-        return os.path.expanduser("~/.cache/scaling")
-    return os.path.join(str(run_dir), "data")
 
 
 class Diverged(Exception):
@@ -135,36 +50,6 @@ def _interval_means(steps: list[int], pending: list[dict]) -> dict:
             if not math.isfinite(float(metrics[name])):
                 raise Diverged(step, f"{name} {float(metrics[name])}")
     return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
-
-
-def _mean_loss(sums: list) -> float:
-    """The mean token loss of per-batch (sum of losses, tokens) pairs."""
-    total, count = np.sum(sums, axis=0)
-    return float(total / max(count, 1.0))
-
-
-class Evaluator:
-    """Mean LM losses over a fixed set of held-out batches (the same batches at every evaluation):
-    eval_loss, and where the training pass looks ahead (ArchOptions.looks_ahead) eval_causal_loss, of
-    the pass sampling takes; and bits per byte: loss / ln 2 / the eval split's UTF-8 bytes per token
-    (None for token data)."""
-
-    def __init__(self, run: Run):
-        loader = run.loader("eval", seed=EVAL_SEED)
-        self.batches = [loader(i) for i in range(run.train_cfg.eval_batches)]
-        self.steps = {"eval_loss": run.eval_step()}
-        if run.model_cfg.options.looks_ahead:
-            self.steps["eval_causal_loss"] = run.eval_step(autoregressive=True)
-        self.mesh = run.mesh
-        self.bytes_per_token = data.bytes_per_token(run.train_cfg.data, "eval", **run.data_options)
-
-    def __call__(self, params) -> dict[str, float]:
-        with sharding.activate(self.mesh):
-            sums = {name: [step(params, batch) for batch in self.batches] for name, step in self.steps.items()}
-        return {name: _mean_loss(jax.device_get(parts)) for name, parts in sums.items()}
-
-    def bits_per_byte(self, loss: float | None) -> float | None:
-        return None if loss is None or self.bytes_per_token is None else loss / math.log(2) / self.bytes_per_token
 
 
 def train(
@@ -196,7 +81,7 @@ def train(
     cache_dir = cache_dir or default_cache_dir(run_dir)
     base = Run(model_cfg, train_cfg, sharding.make_mesh(mesh_cfg), loss=loss, cache_dir=cache_dir)
     base.check_data()
-    _check_config(run_dir, run_config(base, mesh_cfg, extra_config))
+    check_config(run_dir, run_config(base, mesh_cfg, extra_config))
     summary_path = epath.Path(run_dir) / "summary.json"
     if summary_path.exists():
         return _with_causal_loss(json.loads(summary_path.read_text()), model_cfg)
@@ -208,7 +93,7 @@ def train(
     config = {**run_config(run, fitted.mesh_cfg, extra_config), "data_cache": str(cache_dir),
               "hardware": hardware.describe_devices(),
               "memory": {"gib_per_device": fitted.gib_per_device, "note": fitted.note}}
-    _write_config(run_dir, config)
+    write_config(run_dir, config)
 
     stop_step = run.total_steps if max_steps is None else min(max_steps, run.total_steps)
     mngr = checkpoints.manager(run_dir, train_cfg.keep_checkpoints, train_cfg.checkpoint_every)
@@ -232,7 +117,7 @@ def train(
     summary = _summary(loop, config, steps, steps * epochs_per_step, diverged,
                        complete=not diverged and stop_step == run.total_steps)
     if summary["complete"] or diverged:
-        _write_json(summary_path, summary)
+        write_json(summary_path, summary)
     return summary
 
 
