@@ -12,7 +12,7 @@ import jax
 from absl import flags
 
 from experiments import cli
-from scaling import hardware, sweep
+from scaling import data, hardware, sweep
 from scaling.config import ModelConfig, UsageError
 from scaling.models.registry import ARCHITECTURES
 from scaling.nn.stack import unrolls
@@ -59,7 +59,8 @@ def budgets() -> list[float]:
     try:
         return [float(b) for b in FLAGS.budgets]
     except ValueError:
-        raise UsageError("--budgets", f"{','.join(FLAGS.budgets)} is not a list of numbers; write e.g. 1e12,3e12") from None
+        listed = ",".join(FLAGS.budgets)
+        raise UsageError("--budgets", f"{listed} is not a list of numbers; write e.g. 1e12,3e12") from None
 
 
 def planned_target() -> tuple | None:
@@ -118,7 +119,8 @@ def main(argv) -> None:
     devices = target[1] if target else None
     sweep.check_mesh(plan, mesh_cfg, devices)
     workdir = FLAGS.workdir or "runs/isoflop-" + "-".join(f"{b:.3g}" for b in plan["budgets"])
-    if not FLAGS.dry_run:
+    if not FLAGS.dry_run:  # a dry run reads no data: a pod's plan is made where its data is not
+        data.check_readable(FLAGS.data, FLAGS.tokenizer, FLAGS.data_dir, FLAGS.text_key)
         sweep.check_workdir(workdir, plan)
         cli.keep_compiled(workdir)
     plan = sweep.fit_plan(plan, mesh_cfg, fitting.device_memory(memory_gib), devices=devices)
