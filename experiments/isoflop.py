@@ -12,7 +12,7 @@ import jax
 from absl import flags
 
 from experiments import cli
-from scaling import data, hardware, sweep
+from scaling import hardware, sweep
 from scaling.config import ModelConfig, UsageError
 from scaling.models.registry import ARCHITECTURES
 from scaling.nn.stack import unrolls
@@ -120,8 +120,8 @@ def main(argv) -> None:
     sweep.check_mesh(plan, mesh_cfg, devices)
     workdir = FLAGS.workdir or "runs/isoflop-" + "-".join(f"{b:.3g}" for b in plan["budgets"])
     if not FLAGS.dry_run:  # a dry run reads no data: a pod's plan is made where its data is not
-        data.check_readable(FLAGS.data, FLAGS.tokenizer, FLAGS.data_dir, FLAGS.text_key)
         sweep.check_workdir(workdir, plan)
+        sweep.check_data(plan, mesh_cfg, workdir)
         cli.keep_compiled(workdir)
     plan = sweep.fit_plan(plan, mesh_cfg, fitting.device_memory(memory_gib), devices=devices)
     seconds = sweep.estimate_on_target(plan, *target) if target else sweep.estimate_seconds(plan, mesh_cfg)

@@ -32,7 +32,9 @@ def assert_usage_error(result, flag):
         (["--budget", "1e9"], "--budget"),
         (["--budget", "1e13", "--archs", "gpt,nosuch"], "--archs"),
         (["--budget", "1e13", "--data", "nosuch"], "--data"),
-        (["--budget", "1e13", "--data", "tfds:scaling_no_such_dataset"], "--data"),  # checked before writing
+        (["--budget", "1e13", "--data", "tfds:scaling_no_such_dataset"], "--data"),  # data checked before writing
+        (["--budget", "1e13", "--seq_len", "128", "--data_tokens", "2000"], "--data_tokens"),
+        (["--budget", "1e13", "--seq_len", "128", "--vocab_size", "100"], "--vocab_size"),
         (["--budget", "1e13", "--mesh", "data=3"], "--mesh"),
         (["--budget", "1e13", "--archs", "switch", "--eval_capacity_factor", "0"], "--eval_capacity_factor"),
         (["--budget", "1e13", "--x_axis", "size"], "--x_axis"),

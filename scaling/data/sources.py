@@ -131,16 +131,6 @@ def make_source(name: str, split: str, seq_len: int, tokenizer: str = "bytes", d
     return source
 
 
-def check_readable(name: str, tokenizer: str = "bytes", data_dir: str | None = None, text_key: str = "text") -> None:
-    """UsageError unless the data can be read: a known name and tokenizer spec and, for text data, both
-    splits' documents (a TFDS dataset prepared with random access, with the text feature). Reads and
-    packs nothing, so a command can check its data before it writes anything."""
-    spec = _spec(name, tokenizer, data_dir, text_key, cache_dir=None, train_tokens=0)
-    if spec is not None:
-        for split in SPLITS:
-            spec.documents(split)
-
-
 def vocab_size(name: str, tokenizer: str = "bytes", data_dir: str | None = None, text_key: str = "text",
                cache_dir: str | None = None, train_tokens: int = 0) -> int:
     """Number of distinct token ids: 256 for synthetic, 257 for bytes (with the end-of-document id),

@@ -8,13 +8,14 @@ import json
 import jax
 from etils import epath
 
-from scaling import analysis
+from scaling import analysis, sharding
 from scaling import lr_search as lr_search_lib
 from scaling.config import MeshConfig, TrainConfig, UsageError
 from scaling.flops import CONVENTION
 from scaling.models.registry import model_config_from_dict
 from scaling.sweep.plan import all_runs
 from scaling.train.loop import train
+from scaling.train.run import Run
 from scaling.train.run_dir import LAYOUT, default_cache_dir
 from scaling.train.metrics import append_lines, format_duration, make_parent, strict_json
 
@@ -49,6 +50,15 @@ def check_workdir(workdir: str, plan: dict) -> None:
         if _unfitted(existing) != _unfitted(plan):
             raise UsageError("--workdir", f"{workdir} holds a sweep with a different plan; re-run its original "
                                           "command to resume it, or choose a new --workdir")
+
+
+def check_data(plan: dict, mesh_cfg: MeshConfig, workdir: str) -> None:
+    """UsageError unless the data serves the sweep's runs (`Run.check_data`), checked on the first of them
+    before the sweep writes anything: they share its data settings, sequence length and vocabulary. The
+    splits are packed into the sweep's data cache, where its runs read them."""
+    first = all_runs(plan)[0]
+    Run(model_config_from_dict(first["model"]), TrainConfig(**first["train"]), sharding.make_mesh(mesh_cfg),
+        cache_dir=default_cache_dir(workdir)).check_data()
 
 
 def _write(workdir: str, name: str, content: str | bytes) -> None:

@@ -85,7 +85,7 @@ def train(
     summary_path = epath.Path(run_dir) / "summary.json"
     if summary_path.exists():
         return _with_causal_loss(json.loads(summary_path.read_text()), model_cfg)
-    epochs_per_step = base.epochs_per_step()  # packs the training split: its errors come before anything is written
+    epochs_per_step = base.epochs_per_step()
     _warn_of_repeats(name, train_cfg.data, base.total_steps * epochs_per_step)
     fitted = fitting.fit(model_cfg, train_cfg, mesh_cfg, fitting.device_memory(device_memory_gib),
                          name=f"run {name}", loss=loss, cache_dir=cache_dir)
