@@ -23,8 +23,8 @@ from scaling.config import MeshConfig, TrainConfig
 from scaling.models.registry import get_architecture
 from scaling.sample import sample
 from scaling.train.evaluation import EVAL_SEED
-from scaling.train.run_dir import read_config
 from scaling.train.run import Run
+from scaling.train.run_dir import read_config
 
 
 def routed_fraction(cfg, params, tokens) -> float | None:

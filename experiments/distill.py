@@ -28,8 +28,8 @@ from scaling.models.registry import model_config_from_dict
 from scaling.train import checkpoints
 from scaling.train.evaluation import Evaluator
 from scaling.train.loop import train
-from scaling.train.run_dir import read_config
 from scaling.train.run import Run
+from scaling.train.run_dir import read_config
 from scaling.train.steps import apply_for_training, token_cross_entropy
 
 SOFT_WEIGHT = 0.25  # teacher soft targets; 1 - SOFT_WEIGHT on the labels (Switch Table 6)

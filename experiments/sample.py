@@ -15,8 +15,8 @@ from scaling.config import MeshConfig, TrainConfig, UsageError
 from scaling.models.registry import model_config_from_dict
 from scaling.sample import sample
 from scaling.train import checkpoints
-from scaling.train.run_dir import read_config
 from scaling.train.run import Run
+from scaling.train.run_dir import read_config
 
 flags.DEFINE_string("workdir", None, "Run directory (holding config.json and checkpoints/).")
 flags.DEFINE_string("prompt", "def ", "Text to continue.")

@@ -15,9 +15,9 @@ from scaling.flops import CONVENTION
 from scaling.models.registry import model_config_from_dict
 from scaling.sweep.plan import all_runs
 from scaling.train.loop import train
+from scaling.train.metrics import append_lines, format_duration, make_parent, strict_json
 from scaling.train.run import Run
 from scaling.train.run_dir import LAYOUT, default_cache_dir
-from scaling.train.metrics import append_lines, format_duration, make_parent, strict_json
 
 
 def _unfitted(plan: dict) -> dict:
