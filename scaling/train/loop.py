@@ -80,11 +80,11 @@ def train(
     name = os.path.basename(os.path.normpath(str(run_dir)))
     cache_dir = cache_dir or default_cache_dir(run_dir)
     base = Run(model_cfg, train_cfg, sharding.make_mesh(mesh_cfg), loss=loss, cache_dir=cache_dir)
-    base.check_data()
     check_config(run_dir, run_config(base, mesh_cfg, extra_config))
     summary_path = epath.Path(run_dir) / "summary.json"
     if summary_path.exists():
         return _with_causal_loss(json.loads(summary_path.read_text()), model_cfg)
+    base.check_data()
     epochs_per_step = base.epochs_per_step()
     _warn_of_repeats(name, train_cfg.data, base.total_steps * epochs_per_step)
     fitted = fitting.fit(model_cfg, train_cfg, mesh_cfg, fitting.device_memory(device_memory_gib),
