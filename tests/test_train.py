@@ -1,6 +1,7 @@
 """The training loop: resumed == uninterrupted, metrics and files as documented, refusal to mix runs."""
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 
@@ -11,7 +12,7 @@ import pytest
 
 from scaling import compiler, data, hardware, sample, sharding
 from scaling.config import MeshConfig, UsageError
-from scaling.train import loop
+from scaling.train import checkpoints, loop
 from scaling.train.loop import train
 from scaling.train.run import Run
 
@@ -47,6 +48,22 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model, tiny_train, tmp_path):
     a, b = final_params(whole, steps), final_params(split, steps)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_a_checkpoint_on_cpus_compiles_nothing_and_restores_in_the_shards(tiny_model, tiny_train, tmp_path, caplog):
+    """Orbax's replica-parallel saving slices each replicated array per device, compiling a slice
+    program per device and shape; on CPUs, where the slices spare no copy, the state is saved whole."""
+    run = Run(tiny_model, tiny_train, sharding.make_mesh(MeshConfig()))
+    state = run.init_state()
+    mngr = checkpoints.manager(str(tmp_path), keep=1, every=1)
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        checkpoints.save(mngr, 1, state)
+        mngr.wait_until_finished()
+    assert "Compiling" not in caplog.text
+    restored = run.restore(mngr)
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        assert x.sharding == y.sharding
+        np.testing.assert_array_equal(x, y)
 
 
 def test_a_run_reading_its_data_more_than_four_times_is_warned_of(capsys):
