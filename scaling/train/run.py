@@ -111,14 +111,14 @@ class Run:
 
     def check_data(self) -> None:
         """UsageError unless the data serves this run: the model's vocabulary holds every token id, and
-        both splits hold a record of seq_len + 1 tokens (packed here, or loaded from the cache, once per
+        every split holds a record of seq_len + 1 tokens (packed here, or loaded from the cache, once per
         process), so that a command finds bad data before it writes anything."""
         tokens = data.vocab_size(self.train_cfg.data, **self.data_options)
         if self.model_cfg.vocab_size < tokens:
             raise UsageError("--vocab_size", f"{self.model_cfg.vocab_size} is below the {tokens} token ids of --data "
                                              f"{self.train_cfg.data} with --tokenizer {self.train_cfg.tokenizer}; "
                                              "raise it")
-        for split in ("train", "eval"):
+        for split in data.SPLITS:
             data.make_source(self.train_cfg.data, split, self.model_cfg.seq_len, **self.data_options)
 
     def epochs_per_step(self) -> float:
