@@ -9,14 +9,15 @@ from etils import epath
 
 
 def _state_handler(platform: str) -> ocp.PyTreeCheckpointHandler:
-    """Orbax's handler of the state, writing arrays replica-parallel only off the CPU.
+    """Orbax's handler of the state, with arrays saved whole on CPUs and orbax's default elsewhere.
 
-    Replica-parallel, the default, has each replica of a replicated shard copy a slice of it to the
-    host, spreading the copies over the devices (and hosts). On CPUs every device's memory is the host's,
-    so the slices spare no copy, and each costs a slice program compiled per device and array shape at
-    a run's first save: 7 of the 28 s of tests/test_resilience.py's three-run sweep on 8 CPU devices
-    (Zen 3). The state holds no PRNG key arrays, the one kind orbax's array metadata store is for."""
-    arrays = ocp.type_handlers.ArrayHandler(use_replica_parallel=platform != "cpu")
+    Replica-parallel saving (orbax's default but where JAX_PLATFORMS names a GPU) has each replica of a
+    replicated shard copy a slice of it to the host, spreading the copies over the devices and hosts.
+    On CPUs every device's memory is the host's, so the slices spare no copy, and each costs a slice
+    program compiled per device and array shape at a run's first save: 7 of the 28 s of
+    tests/test_resilience.py's three-run sweep on 8 CPU devices (Zen 3). The state holds no PRNG key
+    arrays, the one kind orbax's array metadata store is for."""
+    arrays = ocp.type_handlers.ArrayHandler(use_replica_parallel=False if platform == "cpu" else None)
     defaults = [(ty, ocp.type_handlers.get_type_handler(ty)) for ty in ocp.type_handlers.supported_types()]
     return ocp.PyTreeCheckpointHandler(type_handler_registry=ocp.type_handlers.create_type_handler_registry(
         *defaults, (jax.Array, arrays)))  # a later pair overrides an earlier one
