@@ -8,8 +8,8 @@ import pytest
 
 from scaling import sweep
 from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
-from scaling.models.registry import get_architecture, model_config, model_config_from_dict
 from scaling.lr_search import kaplan_learning_rate
+from scaling.models.registry import get_architecture, model_config, model_config_from_dict
 
 RESULT_KEYS = {"run_id", "arch", "budget", "params", "nonembed_params", "active_params", "flops_per_token", "tokens",
                "steps", "epochs", "seq_len", "batch_size", "remat", "microbatches", "final_train_loss",
