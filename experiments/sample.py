@@ -53,9 +53,9 @@ def main(argv) -> None:
     if tokenizer is None:
         raise UsageError("--workdir", f"{FLAGS.workdir} was trained on token ids (synthetic data), not text")
     prompt = tokenizer.encode(FLAGS.prompt)
-    if not prompt:
+    if not prompt.size:
         raise UsageError("--prompt", "give at least one character to continue")
-    batch = np.tile(np.asarray(prompt, np.int32), (FLAGS.num_samples, 1))
+    batch = np.tile(prompt, (FLAGS.num_samples, 1))
     tokens = sample(model_cfg, params, batch, FLAGS.num_tokens, temperature=FLAGS.temperature,
                     top_k=FLAGS.top_k, seed=FLAGS.seed)
     for row in np.asarray(tokens):

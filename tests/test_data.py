@@ -226,7 +226,8 @@ def test_tfds_without_the_extra_is_a_usage_error(monkeypatch):
 
 def test_byte_tokenizer_keeps_every_byte_and_ends_documents_with_an_id_no_byte_takes():
     tokenizer = tokenizers.ByteTokenizer()
-    assert tokenizer.encode("caf\u00e9") == list("caf\u00e9".encode()) and tokenizer.encode(b"\x00\xff") == [0, 255]
+    assert tokenizer.encode("caf\u00e9").tolist() == list("caf\u00e9".encode())
+    assert tokenizer.encode(b"\x00\xff").tolist() == [0, 255] and tokenizer.encode("").dtype == np.int32
     assert tokenizer.eod_id == 256 and tokenizer.vocab_size == 257
 
 

@@ -46,7 +46,7 @@ def pack(documents, tokenizer, max_tokens: int = 0) -> Packed:
     what its runs read. 0 keeps every document, the stream built in memory once.
     """
     dtype = token_dtype(tokenizer.vocab_size)
-    encode = lambda text: (np.asarray(tokenizer.encode(text) + [tokenizer.eod_id], dtype), len(text) + 1)
+    encode = lambda text: (np.append(tokenizer.encode(text), tokenizer.eod_id).astype(dtype), len(text) + 1)
     stream = _Stream(np.array([tokenizer.eod_id], dtype), max_tokens)
     for ids, size in documents.map(encode).to_iter_dataset():
         if not stream.add(ids, size):

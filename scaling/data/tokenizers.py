@@ -1,6 +1,6 @@
 """Tokenizers named by a `--tokenizer` spec: `bytes` (UTF-8 bytes) or `spm:N` (a trained SentencePiece model).
 
-A tokenizer has `vocab_size`, `eod_id`, `encode(text) -> list[int]`, `decode(ids) -> str` and a JSON
+A tokenizer has `vocab_size`, `eod_id`, `encode(text) -> ids` (a 1-D int32 array), `decode(ids) -> str` and a JSON
 `fingerprint`. Documents are joined with `eod_id` in the packed stream (scaling/data/packing.py), so it
 is an id no text maps to.
 """
@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 
+import numpy as np
 import sentencepiece
 
 from scaling.config import UsageError
@@ -32,8 +33,8 @@ class ByteTokenizer:
     eod_id = 256
     fingerprint = {"spec": "bytes", "vocab_size": vocab_size, "eod_id": eod_id}
 
-    def encode(self, text: bytes | str) -> list[int]:
-        return list(text.encode() if isinstance(text, str) else text)
+    def encode(self, text: bytes | str) -> np.ndarray:
+        return np.frombuffer(text.encode() if isinstance(text, str) else text, np.uint8).astype(np.int32)
 
     def decode(self, ids) -> str:
         """The text of `ids`, an end-of-document id as a newline."""
@@ -58,9 +59,9 @@ class SentencePieceTokenizer:
             "sha256": hashlib.sha256(model).hexdigest(),
         }
 
-    def encode(self, text: bytes | str) -> list[int]:
+    def encode(self, text: bytes | str) -> np.ndarray:
         """Ids of `text` (bytes are read as UTF-8); byte fallback leaves no unknown piece."""
-        return self._processor.encode(_text(text))
+        return np.asarray(self._processor.encode(_text(text)), np.int32)
 
     def decode(self, ids) -> str:
         return self._processor.decode([int(i) for i in ids])
