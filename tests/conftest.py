@@ -9,7 +9,7 @@ from typing import NamedTuple
 # The suite is compile-bound: XLA:CPU's LLVM backend at -O0 compiles its tiny programs in about half
 # the time. Everything the tests check (the HLO passes: fusion, sharding, buffer assignment and
 # memory, cost analysis) is the same at every level; equivalences compare programs built alike.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The command-line subprocesses (which inherit this environment) compile the same tiny programs
