@@ -1,16 +1,27 @@
 """isoFLOP, power-law and approach-3 figures. They use matplotlib's object API (a `Figure` saved through
 the Agg canvas), so this module never touches pyplot's global state or the backend of the notebook or
-script that imports it.
+script that imports it. matplotlib is imported at the first figure (`new_figure`): it takes about a second
+to import, which a command that stops at bad input, or ends without a figure, should not spend.
 """
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 
 from scaling.analysis.bootstrap import PERCENTILES
 from scaling.analysis.isoflop import POWER_LAW, budget_fits, loglog_interp
 from scaling.analysis.parametric import parametric_loss
 from scaling.analysis.results import LOSS_KEY, SPREAD, aggregate_seeds, budget_key, by_arch, usable
 from scaling.analysis.tables import format_ci
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def new_figure(width: float, height: float) -> "Figure":
+    """An empty figure of `width` x `height` inches with constrained layout."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def _draw_points(ax, points, x_key: str, metric: str, colour, label: str) -> None:
@@ -43,10 +54,12 @@ def _draw_fit(ax, fit: dict, colour, stagger: int) -> None:
 
 def _budget_colour(budgets: list[str], budget: str):
     """A budget's colour: viridis from the smallest budget (dark) to the largest (light)."""
+    from matplotlib import colormaps
+
     return colormaps["viridis"](0.9 * budgets.index(budget) / max(1, len(budgets) - 1))
 
 
-def plot_isoflop(results, fits, path, x_key: str = "params", metric: str = LOSS_KEY) -> Figure:
+def plot_isoflop(results, fits, path, x_key: str = "params", metric: str = LOSS_KEY) -> "Figure":
     """`metric` vs x (log axis): seed means with their spread (SPREAD) as error bars, the fitted
     parabolas, the optimum starred and annotated (hollow: extrapolated); diverged runs are not drawn.
     One budget: one panel, a colour per arch. Several budgets: a panel per arch, one parabola per
@@ -55,7 +68,7 @@ def plot_isoflop(results, fits, path, x_key: str = "params", metric: str = LOSS_
     budgets = sorted({b for groups in groups_by_arch.values() for b in groups}, key=float)
     per_budget = len(budgets) > 1
     panels = len(groups_by_arch) if per_budget else 1
-    fig = Figure(figsize=(1.5 + 6.5 * panels, 5.5), layout="constrained")
+    fig = new_figure(1.5 + 6.5 * panels, 5.5)
     axes = fig.subplots(1, panels, sharey=True, squeeze=False)[0]
     for i, (arch, groups) in enumerate(groups_by_arch.items()):
         ax = axes[i if per_budget else 0]
@@ -95,12 +108,12 @@ def _draw_law(ax, block: dict, per_budget: dict, key: str, colour, arch: str) ->
         ax.fill_between(law["band"]["budgets"], law["band"]["lo"], law["band"]["hi"], color=colour, alpha=0.2, lw=0)
 
 
-def plot_power_law(fits, path, parametric=None) -> Figure:
+def plot_power_law(fits, path, parametric=None) -> "Figure":
     """N_opt and D_opt vs budget C (log-log) for each arch of a `fit_sweep` result with a power law:
     the parabola optima with their bootstrap intervals, N_opt = a C^alpha and D_opt = b C^beta with
     their bands (PERCENTILES over the resamples), and, given `fit_parametric_sweep` results, approach
     3's compute-optimal laws (dashed). Saves a PNG at `path` and returns the figure."""
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    fig = new_figure(12, 4.8)
     axes = fig.subplots(1, 2)
     for i, (arch, arch_fits) in enumerate(fits.items()):
         block = arch_fits.get(POWER_LAW)
@@ -122,13 +135,13 @@ def plot_power_law(fits, path, parametric=None) -> Figure:
     return fig
 
 
-def plot_parametric(results, laws, path, x_key: str = "params", metric: str = LOSS_KEY) -> Figure:
+def plot_parametric(results, laws, path, x_key: str = "params", metric: str = LOSS_KEY) -> "Figure":
     """Approach 3 against the data: a panel per arch of `fit_parametric_sweep` results, the seed means
     (bars: SPREAD) coloured by budget and the fitted L(N, D) along each budget's isoFLOP profile
     (dashed; D(N) interpolated in log-log between the sampled sizes' tokens). Saves a PNG at `path`."""
     groups_by_arch = {arch: groups for arch, groups in by_arch(results).items() if arch in laws}
     budgets = sorted({b for groups in groups_by_arch.values() for b in groups}, key=float)
-    fig = Figure(figsize=(1.5 + 6.5 * max(1, len(groups_by_arch)), 5.5), layout="constrained")
+    fig = new_figure(1.5 + 6.5 * max(1, len(groups_by_arch)), 5.5)
     axes = fig.subplots(1, max(1, len(groups_by_arch)), sharey=True, squeeze=False)[0]
     for ax, (arch, groups) in zip(axes, groups_by_arch.items()):
         law = laws[arch]

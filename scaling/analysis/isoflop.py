@@ -5,7 +5,6 @@ plain dicts of floats and lists, written to `fits.json` as they are.
 import math
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from scaling.analysis.bootstrap import PERCENTILES, RESAMPLES, bootstrap_note, interval, resample
 from scaling.analysis.results import LOSS_KEY, aggregate_seeds, by_arch, metric_value, usable
@@ -52,6 +51,8 @@ def fit_isoflop(points, x_key: str = "params", robust: bool = False, huber_delta
     u = t - center
     coeffs = np.polyfit(u, y, 2)
     if robust:
+        from scipy.optimize import least_squares  # here, not at the top: scipy.optimize takes ~0.9 s to import
+
         coeffs = least_squares(lambda p: np.polyval(p, u) - y, coeffs, loss="huber",
                                f_scale=huber_delta, xtol=1e-12, ftol=1e-12).x
     a, b, c = coeffs

@@ -4,7 +4,6 @@ fitted to a sweep's runs over several budgets, with bootstrap intervals.
 import math
 
 import numpy as np
-from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
 from scaling.analysis.bootstrap import RESAMPLES, bootstrap_note, interval, resample
@@ -64,6 +63,8 @@ def _minimise(starts, data, delta: float) -> tuple[np.ndarray, float]:
     """The best (theta, objective) of L-BFGS-B runs of `_objective` within PARAMETRIC_BOUNDS from each
     start, with BLAS on one thread (L-BFGS-B's tiny dense steps run many times slower when OpenBLAS
     threads them)."""
+    from scipy.optimize import minimize  # here, not at the top: scipy.optimize takes ~0.9 s to import
+
     with threadpool_limits(limits=1, user_api="blas"):
         runs = [minimize(_objective, start, args=(*data, delta), jac=True, method="L-BFGS-B", bounds=PARAMETRIC_BOUNDS,
                          options={"ftol": 1e-13, "gtol": 1e-10, "maxiter": 2000}) for start in starts]

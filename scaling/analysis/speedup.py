@@ -1,11 +1,16 @@
 """Speedup versus steps and versus wall time (REFERENCE section 6) of two runs' eval curves: the curves,
 their headline numbers, figures and text.
 """
+from typing import TYPE_CHECKING
+
 import numpy as np
 from etils import epath
-from matplotlib.figure import Figure
 
+from scaling.analysis.figures import new_figure
 from scaling.analysis.results import eval_curve, load_metrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def smooth_curve(losses, smooth: float = 0.0) -> np.ndarray:
@@ -66,11 +71,11 @@ def speedup_curve(base_steps, base_losses, var_steps, var_losses, smooth: float 
             "variant": {"steps": vx.tolist(), "losses": vy.tolist(), "smoothed": v_smooth.tolist()}}
 
 
-def plot_speedup(curves, path, xlabel: str = "step") -> Figure:
+def plot_speedup(curves, path, xlabel: str = "step") -> "Figure":
     """Two panels for {label: speedup_curve result} sharing one baseline: eval loss vs x (raw faint,
     smoothed solid) for the baseline and each variant, and speedup vs x (undefined points omitted).
     Saves a PNG at `path` and returns the figure."""
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    fig = new_figure(11, 4.5)
     ax_loss, ax_speed = fig.subplots(1, 2)
     for i, (label, curve) in enumerate(curves.items()):
         colour = f"C{i % 10}"
@@ -122,13 +127,13 @@ def side_label(side: dict) -> str:
     return side.get("label", side["arch"])
 
 
-def plot_speedup_report(report, path) -> Figure:
+def plot_speedup_report(report, path) -> "Figure":
     """The speedup figure of `experiments.speedup`: loss and speedup against steps (top) and wall time
     (bottom), the learning-rate sweep of both sides, and the headline numbers.
     `report` is the curves.json content. Saves a PNG at `path` and returns the figure."""
     base, var = report["baseline"], report["variant"]
     labels = tuple(f"{side_label(side)} (lr {side['learning_rate']:g})" for side in (base, var))
-    fig = Figure(figsize=(15, 8.5), layout="constrained")
+    fig = new_figure(15, 8.5)
     axes = fig.subplots(2, 3)
     _draw_speedup_pair(axes[0, 0], axes[0, 1], report["steps"], labels, "step")
     _draw_speedup_pair(axes[1, 0], axes[1, 1], report["wall"], labels, "seconds")
@@ -194,11 +199,11 @@ def speedup_from_runs(baseline_run, variant_run, smooth: float = 0.2) -> dict:
     return {**sides, **curves, "summary": {key: summarize_speedup(curve) for key, curve in curves.items()}}
 
 
-def plot_speedup_curves(report, path) -> Figure:
+def plot_speedup_curves(report, path) -> "Figure":
     """Eval loss and speedup against steps (top) and wall time (bottom) of a curves.json content or a
     `speedup_from_runs` result, headlines in the title. Saves a PNG at `path` and returns the figure."""
     labels = (side_label(report["baseline"]), side_label(report["variant"]))
-    fig = Figure(figsize=(11, 8.5), layout="constrained")
+    fig = new_figure(11, 8.5)
     axes = fig.subplots(2, 2)
     _draw_speedup_pair(axes[0, 0], axes[0, 1], report["steps"], labels, "step")
     _draw_speedup_pair(axes[1, 0], axes[1, 1], report["wall"], labels, "seconds")
