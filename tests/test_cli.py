@@ -97,3 +97,12 @@ def test_bench_json_reports_throughput_and_the_ratio_to_the_first_arch():
     assert gpt["step_ratio"] == 1.0
     assert switch["step_ratio"] == pytest.approx(switch["step_s"] / gpt["step_s"])
     assert switch["params"] > switch["active_params"] > gpt["params"]
+
+
+def test_a_command_imports_matplotlib_and_scipy_optimize_only_to_draw_or_fit():
+    """They take ~2 s to import, which a command answering bad input should not spend."""
+    code = "import sys, experiments.isoflop; print([m for m in ('matplotlib', 'scipy.optimize') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=command_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
