@@ -1,8 +1,8 @@
 """Tokenizers named by a `--tokenizer` spec: `bytes` (UTF-8 bytes) or `spm:N` (a trained SentencePiece model).
 
-A tokenizer has `vocab_size`, `eod_id`, `encode(text) -> ids` (a 1-D int32 array), `decode(ids) -> str` and a JSON
-`fingerprint`. Documents are joined with `eod_id` in the packed stream (scaling/data/packing.py), so it
-is an id no text maps to.
+A tokenizer has `vocab_size`, `eod_id`, `encode(text) -> ids` (a 1-D int32 array), `decode(ids) -> str`
+and a JSON `fingerprint`. Documents are joined with `eod_id` in the packed stream
+(scaling/data/packing.py), so it is an id no text maps to.
 """
 import hashlib
 import os
