@@ -18,9 +18,15 @@ the order given, by default the one below (those that decide a default first):
 - archs: the step time of every registered architecture over `gpt`'s at a ~350M shape, side by side
   (alternating steps), every one with full remat (the same setting for all).
 
+Compiling takes most of a run's time (a GPU lease is short), so each section first fits and compiles
+all its programs in threads (XLA compiles with Python's lock released; GPU autotuning runs then too),
+and only then times them one after another with nothing compiling beside them. `compile_s` is a
+program's wall time to fit and compile among the others.
+
 --tiny runs every section at toy sizes (the CPU test of tests/test_benchmarks.py), so it cannot rot.
 """
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -39,6 +45,8 @@ from scaling.nn.stack import unrolls
 from scaling.shapes import d_ff_for
 from scaling.train import fitting
 from scaling.train.metrics import peak_tflops
+
+COMPILE_THREADS = max(2, (os.cpu_count() or 1) // 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +94,24 @@ def shape(size: tuple[int, int], seq_len: int, vocab_size: int, arch: str = "gpt
                         seq_len=seq_len, vocab_size=vocab_size, dtype="bfloat16", **options)
 
 
+def _compiled_in_threads(compile_one, items: list) -> list:
+    """[compile_one(item) for item in items], COMPILE_THREADS at a time."""
+    with concurrent.futures.ThreadPoolExecutor(COMPILE_THREADS) as pool:
+        return list(pool.map(compile_one, items))
+
+
+def _fits(requests: list[tuple[ModelConfig, int]], memory) -> list:
+    """Every (model, batch) fitted to `memory` with its train step compiled (see the module docstring)."""
+    def fit_and_compile(request):
+        start = time.perf_counter()
+        fit = fit_for_timing(*request, MeshConfig(), memory)
+        fit.run.compiled_train_step  # compiled here (kept on the run) rather than when timed
+        fit.seconds = time.perf_counter() - start
+        return fit
+
+    return _compiled_in_threads(fit_and_compile, requests)
+
+
 def _row(section: str, fit, result: dict, **extra) -> dict:
     counts = fit.run.arch.counts(fit.run.model_cfg)
     cfg = fit.run.model_cfg
@@ -97,20 +123,21 @@ def _row(section: str, fit, result: dict, **extra) -> dict:
 
 def mfu(profile: Profile, memory):
     default = unrolls(ModelConfig())
-    for name, size in profile.sizes.items():
-        for unroll in (default, not default) if name in profile.both_loops else (default,):
-            for seq_len in profile.seq_lens:
-                model_cfg = shape(size, seq_len, profile.vocab_size, unroll_layers=unroll)
-                fit = fit_for_timing(model_cfg, profile.tokens_per_batch // seq_len, MeshConfig(), memory)
-                result = time_fits([fit], steps=profile.steps, warmup=profile.warmup)[0]
-                layers = ("unrolled" if unroll else "looped") + (" (default)" if unroll == default else "")
-                yield _row("mfu", fit, result, size=name, layers=layers)
+    runs = [(name, unroll, shape(size, seq_len, profile.vocab_size, unroll_layers=unroll))
+            for name, size in profile.sizes.items()
+            for unroll in ((default, not default) if name in profile.both_loops else (default,))
+            for seq_len in profile.seq_lens]
+    fits = _fits([(model_cfg, profile.tokens_per_batch // model_cfg.seq_len) for _, _, model_cfg in runs], memory)
+    for (name, unroll, _), fit in zip(runs, fits):
+        result = time_fits([fit], steps=profile.steps, warmup=profile.warmup)[0]
+        layers = ("unrolled" if unroll else "looped") + (" (default)" if unroll == default else "")
+        yield _row("mfu", fit, result, size=name, layers=layers)
 
 
 def archs(profile: Profile, memory):
     size = profile.sizes[profile.arch_size]
-    fits = [fit_for_timing(shape(size, profile.arch_seq_len, profile.vocab_size, arch, remat="full"),
-                           profile.arch_batch, MeshConfig(), memory) for arch in ARCHITECTURES]
+    fits = _fits([(shape(size, profile.arch_seq_len, profile.vocab_size, arch, remat="full"), profile.arch_batch)
+                  for arch in ARCHITECTURES], memory)
     results = time_fits(fits, steps=profile.steps, warmup=profile.warmup)
     base = results[0]["step_s"]
     for fit, result in zip(fits, results):
@@ -118,11 +145,12 @@ def archs(profile: Profile, memory):
 
 
 def context(profile: Profile, memory):
-    for seq_len in profile.context_lens:
-        batch = max(1, profile.context_tokens // seq_len)
-        fits = [fit_for_timing(shape(profile.context_size, seq_len, profile.vocab_size, arch), batch, MeshConfig(),
-                               memory) for arch in ("gpt", "tnl")]
-        for fit, result in zip(fits, time_fits(fits, steps=profile.steps, warmup=profile.warmup)):
+    requests = [(shape(profile.context_size, seq_len, profile.vocab_size, arch),
+                 max(1, profile.context_tokens // seq_len))
+                for seq_len in profile.context_lens for arch in ("gpt", "tnl")]
+    fits = _fits(requests, memory)
+    for pair in zip(fits[::2], fits[1::2]):
+        for fit, result in zip(pair, time_fits(list(pair), steps=profile.steps, warmup=profile.warmup)):
             yield _row("context", fit, result)
 
 
@@ -141,21 +169,32 @@ def kernel(profile: Profile, memory):
     del memory
     batch, heads, d_head = profile.kernel_shape
     decay = jnp.asarray(layer_decays(heads, 2)[0])
+    programs = []  # (row, "forward" or "forward_backward", jitted function, q, k, v)
     for seq_len in profile.kernel_lens:
         keys = jax.random.split(jax.random.key(seq_len), 3)
         q, k, v = (jax.random.normal(key, (batch, seq_len, heads, d_head), jnp.bfloat16) for key in keys)
         for name, fn in _kernels(decay).items():
             row = {"section": "kernel", "kernel": name, "seq_len": seq_len, "batch": batch, "heads": heads,
                    "d_head": d_head}
-            forward = jax.jit(fn)
-            backward = jax.jit(jax.grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v).astype(jnp.float32)), (0, 1, 2)))
-            for key, step in (("forward", forward), ("forward_backward", backward)):
-                try:
-                    compiled = step.lower(q, k, v).compile()
-                    row[f"{key}_temp_gib"] = compiled.memory_analysis().temp_size_in_bytes / 2**30
-                    row[f"{key}_ms"] = 1e3 * median_seconds(compiled, q, k, v)
-                except Exception as error:  # out of memory, or a kernel this jax cannot lower: recorded
-                    row[f"{key}_ms"] = f"failed: {type(error).__name__}: {str(error).split(':')[0][:80]}"
+            programs.append((row, "forward", jax.jit(fn), q, k, v))
+            loss = jax.grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v).astype(jnp.float32)), (0, 1, 2))
+            programs.append((row, "forward_backward", jax.jit(loss), q, k, v))
+
+    def compile_one(program):
+        try:
+            return program[2].lower(*program[3:]).compile()
+        except Exception as error:  # out of memory, or a kernel this jax cannot lower: recorded
+            return error
+
+    for (row, key, _, *inputs), compiled in zip(programs, _compiled_in_threads(compile_one, programs)):
+        try:
+            if isinstance(compiled, Exception):
+                raise compiled
+            row[f"{key}_temp_gib"] = compiled.memory_analysis().temp_size_in_bytes / 2**30
+            row[f"{key}_ms"] = 1e3 * median_seconds(compiled, *inputs)
+        except Exception as error:  # out of memory, or a kernel this jax cannot lower: recorded
+            row[f"{key}_ms"] = f"failed: {type(error).__name__}: {str(error).split(':')[0][:80]}"
+        if key == "forward_backward":
             yield row
 
 
