@@ -2,6 +2,7 @@
 --target plans a pod. The compiling tests need jax's CUDA plugin or libtpu, which the README's
 install does not bring (CI skips them; they ran where those were installed, README Running on a pod)."""
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -94,3 +95,17 @@ def test_lightning_attention_kernels_compile_for_a_gpu_and_keep_the_state_out_of
     assert "triton" in pallas.as_text()
     temporaries = [c.memory_analysis().temp_size_in_bytes for c in (pallas, chunked)]
     assert temporaries[0] < 2**16 < 2**24 < temporaries[1], temporaries
+
+
+@needs_cuda_plugin
+def test_tnl_trains_with_the_lightning_kernels_on_each_gpus_own_sequences_and_heads():
+    """On GPUs `tnl`'s default form is the Pallas kernels: three per layer (forward, dQ, dK and dV), each
+    on its device's shard, [batch / data, length, heads / model, d] (d 32 for q and k with LRPE)."""
+    cfg = model_config("tnl", vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, seq_len=128,
+                       dtype="bfloat16")
+    fitted = fitting.fit(cfg, TrainConfig(batch_size=8, data="synthetic"), MeshConfig(data=4, model=2), 80 * GIB,
+                         devices=hardware.compile_only_devices(H100, 8))
+    kernels = [line for line in fitted.run.compiled_train_step.as_text().splitlines()
+               if 'custom_call_target="__gpu$xla.gpu.triton"' in line]
+    assert len(kernels) == 3 * cfg.n_layers
+    assert all(re.search(r"= \(?bf16\[2,128,2,(16|32)\]", line) for line in kernels), kernels

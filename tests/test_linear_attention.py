@@ -1,11 +1,16 @@
 """The parallel, chunked (Lightning Attention-2), Pallas (its fused kernels, run in interpret mode on the
 CPU) and recurrent forms compute the same function."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
 
+from scaling import sharding
+from scaling.config import MeshConfig
 from scaling.models.tnl import layer_decays
+from scaling.nn import linear_attention as forms
 from scaling.nn.linear_attention import _chunked_forward, linear_attention, recurrent
 
 # (length, heads, chunk): lengths not divisible by the chunk, a chunk longer than the sequence.
@@ -71,6 +76,33 @@ def test_custom_vjp_saves_only_q_k_v(form):
     custom = saved_bytes(lambda q, k, v: linear_attention(q, k, v, decays[0], form=form, chunk_size=64), q, k, v)
     autodiff = saved_bytes(lambda q, k, v: _chunked_forward(q, k, v, decays[0], 64), q, k, v)
     assert custom <= q.nbytes + k.nbytes + v.nbytes + decays[0].nbytes < autodiff
+
+
+def test_pallas_runs_on_each_devices_sequences_and_heads_and_equals_the_whole():
+    """Batch over data x fsdp, heads over model (a Pallas call is opaque to XLA's partitioner)."""
+    q, k, v, decays = inputs(64, 4, d_k=16, d_v=16, batch=4)
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, model=2), jax.devices()[:8])
+    spec = NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"), sharding.RULES))
+
+    def loss(q, k, v):
+        return jnp.sum(jnp.sin(linear_attention(q, k, v, decays[3], form="pallas", chunk_size=16)))
+
+    with sharding.activate(mesh):
+        step = jax.jit(jax.value_and_grad(loss, (0, 1, 2)), in_shardings=(spec,) * 3)
+        hlo = step.lower(q, k, v).as_text()
+        value, grads = step(q, k, v)
+    assert "sdy.manual_computation" in hlo
+    expected_value, expected_grads = jax.value_and_grad(loss, (0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    for g, e in zip(grads, expected_grads):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_form_is_pallas_where_it_compiles_to_triton(monkeypatch):
+    assert forms.auto_form(64, 64, 64) == "chunked"  # a CPU: Pallas would only interpret the kernels
+    monkeypatch.setattr(forms, "compiling_for", lambda: "gpu")
+    assert forms.auto_form(64, 128, 64) == "pallas"
+    assert forms.auto_form(48, 64, 64) == forms.auto_form(64, 64, 8) == "chunked"
 
 
 def test_bad_arguments():

@@ -111,7 +111,8 @@ def test_flops_are_linear_in_sequence_length(tnl_model):
 
 
 @pytest.mark.parametrize("args, flag", [(["--chunk_size", "48"], "--chunk_size"), (["--chunk_size", "0"], "--chunk_size"),
-                                        (["--d_model", "66", "--n_heads", "2", "--lrpe"], "--n_heads")])
+                                        (["--d_model", "66", "--n_heads", "2", "--lrpe"], "--n_heads"),
+                                        (["--lightning_form", "quadratic"], "--lightning_form")])
 def test_bad_tnl_flags_are_one_line_and_exit_2(tmp_path, args, flag):
     env = command_env()
     workdir = tmp_path / "run"

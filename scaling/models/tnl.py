@@ -52,11 +52,16 @@ def layer_decays(n_heads: int, n_layers: int) -> np.ndarray:
     return decays
 
 
+TRAINING_FORMS = ("auto", "chunked", "pallas", "parallel")
+
+
 @dataclasses.dataclass(frozen=True)
 class TNLOptions(ArchOptions):
-    """Lightning Attention's chunking, LRPE on the first layer (on by default) and the embedding scale."""
+    """Lightning Attention's chunking and form, LRPE on the first layer (on by default) and the embedding scale."""
 
     chunk_size: int = option(64, "Lightning Attention chunk size, a power of two.")
+    lightning_form: str = option("auto", "Lightning Attention's form: auto (pallas, its fused kernels, on a GPU; "
+                                         "chunked, XLA ops, elsewhere), chunked, pallas or parallel.")
     lrpe: bool = option(True, "LRPE on the first layer, the paper's choice ('Mix'; --nolrpe: decay alone).")
     scale_embedding: bool = option(True, "Multiply the token embeddings by sqrt(d_model) (the official code's "
                                          "default, no_scale_embedding=False).")
@@ -64,6 +69,8 @@ class TNLOptions(ArchOptions):
     def validate(self, cfg: ModelConfig) -> None:
         if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
             raise UsageError("--chunk_size", "must be a power of two (e.g. 64)")
+        if self.lightning_form not in TRAINING_FORMS:
+            raise UsageError("--lightning_form", f"must be one of {', '.join(TRAINING_FORMS)}")
         layer_decays(cfg.n_heads, cfg.n_layers)
 
 
@@ -88,7 +95,7 @@ class GatedLinearAttention(nn.Module):
             state = self.variable("cache", "state", jnp.zeros, (x.shape[0], cfg.n_heads, q.shape[-1], cfg.d_head))
             o, state.value = recurrent(q, k, v, decay, state.value)
         else:
-            o = linear_attention(q, k, v, decay, form="chunked", chunk_size=cfg.options.chunk_size)
+            o = linear_attention(q, k, v, decay, form=cfg.options.lightning_form, chunk_size=cfg.options.chunk_size)
         o = rms_normalize(o.reshape(o.shape[:2] + (-1,))).reshape(u.shape)
         return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), in_dims=2, residual=True, name="out")(u * o)
 
