@@ -94,10 +94,10 @@ def shape(size: tuple[int, int], seq_len: int, vocab_size: int, arch: str = "gpt
                         seq_len=seq_len, vocab_size=vocab_size, dtype="bfloat16", **options)
 
 
-def _compiled_in_threads(compile_one, items: list) -> list:
-    """[compile_one(item) for item in items], COMPILE_THREADS at a time."""
+def _in_threads(fn, items: list) -> list[concurrent.futures.Future]:
+    """fn(item) for every item, COMPILE_THREADS at a time; all done on return."""
     with concurrent.futures.ThreadPoolExecutor(COMPILE_THREADS) as pool:
-        return list(pool.map(compile_one, items))
+        return [pool.submit(fn, item) for item in items]
 
 
 def _fits(requests: list[tuple[ModelConfig, int]], memory) -> list:
@@ -109,7 +109,7 @@ def _fits(requests: list[tuple[ModelConfig, int]], memory) -> list:
         fit.seconds = time.perf_counter() - start
         return fit
 
-    return _compiled_in_threads(fit_and_compile, requests)
+    return [future.result() for future in _in_threads(fit_and_compile, requests)]
 
 
 def _row(section: str, fit, result: dict, **extra) -> dict:
@@ -180,16 +180,10 @@ def kernel(profile: Profile, memory):
             loss = jax.grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v).astype(jnp.float32)), (0, 1, 2))
             programs.append((row, "forward_backward", jax.jit(loss), q, k, v))
 
-    def compile_one(program):
+    compiling = _in_threads(lambda program: program[2].lower(*program[3:]).compile(), programs)
+    for (row, key, _, *inputs), future in zip(programs, compiling):
         try:
-            return program[2].lower(*program[3:]).compile()
-        except Exception as error:  # out of memory, or a kernel this jax cannot lower: recorded
-            return error
-
-    for (row, key, _, *inputs), compiled in zip(programs, _compiled_in_threads(compile_one, programs)):
-        try:
-            if isinstance(compiled, Exception):
-                raise compiled
+            compiled = future.result()
             row[f"{key}_temp_gib"] = compiled.memory_analysis().temp_size_in_bytes / 2**30
             row[f"{key}_ms"] = 1e3 * median_seconds(compiled, *inputs)
         except Exception as error:  # out of memory, or a kernel this jax cannot lower: recorded
