@@ -180,7 +180,11 @@ def kernel(profile: Profile, memory):
             loss = jax.grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v).astype(jnp.float32)), (0, 1, 2))
             programs.append((row, "forward_backward", jax.jit(loss), q, k, v))
 
-    compiling = _in_threads(lambda program: program[2].lower(*program[3:]).compile(), programs)
+    def compile_program(program):
+        _, _, jitted, *inputs = program
+        return jitted.lower(*inputs).compile()
+
+    compiling = _in_threads(compile_program, programs)
     for (row, key, _, *inputs), future in zip(programs, compiling):
         try:
             compiled = future.result()
