@@ -16,7 +16,9 @@ the order given, by default the one below (those that decide a default first):
 - context: `tnl` and `gpt` training tokens/s and compiled memory per device from 1k to 64k tokens
   per sequence at the same tokens per batch (fitted to the device memory);
 - archs: the step time of every registered architecture over `gpt`'s at a ~350M shape, side by side
-  (alternating steps), every one with full remat (the same setting for all).
+  (alternating steps), remat and microbatches fitted as the sweep fits them, the layers looped for all
+  (one layer's program to compile each: six unrolled 350M steps did not compile in four minutes on
+  the H200's host; the loop costs `gpt` 12-15% at 350M-760M, mfu above).
 
 Compiling takes most of a run's time (a GPU lease is short), so each section first fits and compiles
 all its programs in threads (XLA compiles with Python's lock released; GPU autotuning runs then too),
@@ -135,13 +137,13 @@ def mfu(profile: Profile, memory):
 
 
 def archs(profile: Profile, memory):
-    size = profile.sizes[profile.arch_size]
-    fits = _fits([(shape(size, profile.arch_seq_len, profile.vocab_size, arch, remat="full"), profile.arch_batch)
-                  for arch in ARCHITECTURES], memory)
+    size, seq_len = profile.sizes[profile.arch_size], profile.arch_seq_len
+    looped = [shape(size, seq_len, profile.vocab_size, arch, unroll_layers=False) for arch in ARCHITECTURES]
+    fits = _fits([(model_cfg, profile.arch_batch) for model_cfg in looped], memory)
     results = time_fits(fits, steps=profile.steps, warmup=profile.warmup)
     base = results[0]["step_s"]
     for fit, result in zip(fits, results):
-        yield _row("archs", fit, result, size=profile.arch_size, step_ratio=result["step_s"] / base)
+        yield _row("archs", fit, result, size=profile.arch_size, layers="looped", step_ratio=result["step_s"] / base)
 
 
 def context(profile: Profile, memory):
@@ -211,7 +213,8 @@ def _table(rows: list[dict], columns: tuple[str, ...]) -> list[str]:
 COLUMNS = {
     "mfu": ("size", "layers", "params", "seq_len", "batch_size", "remat", "microbatches", "gib_per_device",
             "tokens_per_s", "tflops_per_device", "mfu"),
-    "archs": ("arch", "params", "seq_len", "batch_size", "step_s", "step_ratio", "tokens_per_s", "gib_per_device"),
+    "archs": ("arch", "layers", "params", "seq_len", "batch_size", "remat", "microbatches", "step_s", "step_ratio",
+              "tokens_per_s", "gib_per_device"),
     "context": ("arch", "seq_len", "batch_size", "remat", "microbatches", "tokens_per_s", "gib_per_device"),
     "kernel": ("kernel", "seq_len", "forward_ms", "forward_backward_ms", "forward_temp_gib",
                "forward_backward_temp_gib"),
