@@ -17,6 +17,9 @@ setup(
         "chex>=0.1.87",
         "absl-py>=2.1",
         "numpy>=1.26",
+        # With numpy < 2.5 (all Python 3.11 has), ml_dtypes 0.7 takes 1.3-2 s to import (its ufunc loops
+        # are registered one linear search at a time): every process that imports jax pays it.
+        "ml_dtypes>=0.5,<0.7; python_version < '3.12'",
         "scipy>=1.11",
         "threadpoolctl>=3.1",
         "etils[epath]>=1.5",
