@@ -1,7 +1,8 @@
 """Accelerators this toolkit plans for: peak dense bf16 TFLOP/s (REFERENCE.md section 7), memory per
-device, the best MFU this toolkit has measured on each (None where it has not run there), and their
-compile-only devices: what XLA compiles for without having them (a GPU's description for XLA:GPU, a
-TPU slice's torus for libtpu)."""
+device, an MFU this toolkit has measured on each at a shape like a sweep's runs (what `--dry_run
+--target` estimates wall time with; None where it has not run there), and their compile-only devices:
+what XLA compiles for without having them (a GPU's description for XLA:GPU, a TPU slice's torus for
+libtpu)."""
 import dataclasses
 import functools
 import os
@@ -71,7 +72,8 @@ ACCELERATORS = {
                     "benchmarks/results/h100_mfu.jsonl: gpt 780M, context 2048, bf16, one H100 80GB HBM3",
                     GpuSpec("NVIDIA H100 80GB HBM3", (9, 0), 132, 128, 1.98, 3.35e12, 50 * 2**20,
                             *HOPPER_SHARED_MEMORY)),
-        Accelerator("h200", ("h200",), 989.0, 141.0,
+        Accelerator("h200", ("h200",), 989.0, 141.0, 0.480,
+                    "benchmarks/results/h200_suite.jsonl: gpt 350M, context 1024, bf16, one H200",
                     gpu=GpuSpec("NVIDIA H200", (9, 0), 132, 128, 1.98, 4.8e12, 50 * 2**20,
                                 *HOPPER_SHARED_MEMORY)),
         Accelerator("a100", ("a100",), 312.0, 80.0,
