@@ -143,7 +143,8 @@ def archs(profile: Profile, memory):
     results = time_fits(fits, steps=profile.steps, warmup=profile.warmup)
     base = results[0]["step_s"]
     for fit, result in zip(fits, results):
-        yield _row("archs", fit, result, size=profile.arch_size, layers="looped", step_ratio=result["step_s"] / base)
+        layers = "unrolled" if fit.run.model_cfg.unroll_layers else "looped"
+        yield _row("archs", fit, result, size=profile.arch_size, layers=layers, step_ratio=result["step_s"] / base)
 
 
 def context(profile: Profile, memory):
