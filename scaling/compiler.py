@@ -13,6 +13,12 @@ of its Triton matmul fusions, and its untuned ones fail for some shapes ("Couldn
 sizes": switch's expert matmuls on an expert=8 mesh of 16 H100s); those steps use cuBLAS' matmuls
 instead. The plans hardly move: the 6e18 sweep's on 16 H100s by at most 0.2%.
 
+The state's initialisation runs once per run, so on CPUs it is compiled for compile speed: LLVM at -O0
+and, where this XLA has them, its legacy fusion emitters. At the quickstart's sizes that took the
+compile of gpt's from 6.8-7.8 s to 2.3-2.7 s and mode's from 9.6-11.9 s to 3.4-4.7 s, and running it
+0.1-0.4 s longer (AVX2-only AMD EPYC). Its values move by rounding only (at most 1.5e-8 for weights of
+scale 0.02: LLVM's -O3 contracts multiply-adds).
+
 `keep_compiled` turns on jax's persistent compilation cache, so that a process compiling a step it
 (or an earlier process) compiled before loads it instead.
 """
@@ -29,6 +35,8 @@ from scaling import hardware
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 COMPILE_ONLY_GPU_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+FAST_COMPILE_CPU_OPTIONS = ({"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
+                            {"xla_backend_optimization_level": 0})  # the first this XLA takes
 
 
 def compiler_options(mesh: Mesh) -> dict:
@@ -40,18 +48,28 @@ def device_options(device) -> dict:
     """The options for a step compiled for `device` and others of its kind."""
     if device.platform == "cpu":
         cpu = hardware.cpu_description()
-        xla_kernels = cpu["avx2"] and not cpu["avx512f"] and _cpu_accepts_options()
+        xla_kernels = cpu["avx2"] and not cpu["avx512f"] and _cpu_accepts(tuple(CPU_OPTIONS.items()))
         return dict(CPU_OPTIONS) if xla_kernels else {}
     if device.platform == "gpu" and device not in jax.devices():  # compile-only: no GPU to autotune on
         return dict(COMPILE_ONLY_GPU_OPTIONS)
     return {}
 
 
+def run_once_options(mesh: Mesh) -> dict:
+    """The options for a program run once per run over `mesh`: on CPUs, the first of
+    FAST_COMPILE_CPU_OPTIONS this XLA takes; elsewhere those of a step."""
+    if mesh.devices.flat[0].platform != "cpu":
+        return compiler_options(mesh)
+    fast = next((options for options in FAST_COMPILE_CPU_OPTIONS if _cpu_accepts(tuple(options.items()))), {})
+    return {**compiler_options(mesh), **fast}
+
+
 @functools.cache
-def _cpu_accepts_options() -> bool:
-    """Whether XLA takes CPU_OPTIONS (it refuses options it does not know), probed on a constant."""
+def _cpu_accepts(options: tuple) -> bool:
+    """Whether XLA takes `options` ((name, value) pairs; it refuses options it does not know), probed on a
+    constant."""
     try:
-        jax.jit(lambda: jnp.zeros(()), compiler_options=CPU_OPTIONS).lower().compile()
+        jax.jit(lambda: jnp.zeros(()), compiler_options=dict(options)).lower().compile()
     except jax.errors.JaxRuntimeError:
         return False
     return True

@@ -134,7 +134,7 @@ def test_cpu_steps_use_xla_kernels_where_the_cpu_lacks_avx512(avx512, monkeypatc
     """On an AVX2 CPU without AVX-512 the train, eval and decode steps compile without YNNPACK fusions
     (scaling/compiler.py), which XLA:CPU emits for them by default and keeps where the CPU has AVX-512."""
     monkeypatch.setattr(hardware, "cpu_description", lambda: {"avx2": True, "avx512f": avx512})
-    if not compiler._cpu_accepts_options():
+    if not compiler._cpu_accepts(tuple(compiler.CPU_OPTIONS.items())):
         pytest.skip("this jaxlib has no YNNPACK fusions to turn off")
     run = Run(tiny_model, tiny_train, sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1]))
     eval_step, eval_args = run.eval_step(), (run.abstract_state.params, run.batch_spec())
@@ -143,6 +143,20 @@ def test_cpu_steps_use_xla_kernels_where_the_cpu_lacks_avx512(avx512, monkeypatc
     generate = sample.generation(sample.decoding_config(tiny_model, 12 + avx512), 4, 0.0, 0)  # uncached
     prompt, key = jax.ShapeDtypeStruct((2, 8), np.int32), jax.eval_shape(jax.random.key, 0)
     assert ("__ynn_fusion" in generate.lower(run.abstract_state.params, prompt, key).compile().as_text()) == avx512
+
+
+def test_the_state_is_initialised_by_a_program_compiled_for_compile_speed_on_cpus(monkeypatch, tiny_model,
+                                                                                 tiny_train):
+    """The state's initialisation runs once, so on a CPU its program is compiled at -O0, with the options
+    XLA takes (scaling/compiler.py); an option XLA refuses would fail it, so the options reach it."""
+    run = Run(tiny_model, tiny_train, sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1]))
+    options = compiler.run_once_options(run.mesh)
+    assert options["xla_backend_optimization_level"] == 0
+    assert compiler.compiler_options(run.mesh).items() <= options.items()
+    jax.block_until_ready(run.init_state())
+    monkeypatch.setattr(compiler, "run_once_options", lambda mesh: {"no_such_option": 1})
+    with pytest.raises(jax.errors.JaxRuntimeError, match="no_such_option"):
+        run.init_state()
 
 
 def test_compiled_steps_are_kept_apart_for_cpus_of_other_instruction_sets(monkeypatch, tmp_path):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from scaling import sharding
+from scaling import compiler, sharding
 from scaling.config import ModelConfig
 
 
@@ -40,7 +40,8 @@ def abstract_state(model, tx, cfg: ModelConfig, seed: int, mesh: Mesh):
 
 
 def create_state(model, tx, cfg: ModelConfig, seed: int, mesh: Mesh, post_step: Callable | None = None):
-    """Initialises the train state with every array born in its shard (eval_shape + out_shardings)."""
+    """Initialises the train state with every array born in its shard (eval_shape + out_shardings),
+    compiled as a program run once (scaling/compiler.py)."""
     _, shardings = abstract_state(model, tx, cfg, seed, mesh)
     boxed_init = _boxed_init_fn(model, tx, cfg, seed)
 
@@ -48,4 +49,4 @@ def create_state(model, tx, cfg: ModelConfig, seed: int, mesh: Mesh, post_step: 
         state = nn.unbox(boxed_init())
         return state.replace(params=post_step(state.params)) if post_step else state
 
-    return jax.jit(init, out_shardings=shardings)()
+    return jax.jit(init, out_shardings=shardings, compiler_options=compiler.run_once_options(mesh))()
