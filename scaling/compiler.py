@@ -48,7 +48,7 @@ def device_options(device) -> dict:
     """The options for a step compiled for `device` and others of its kind."""
     if device.platform == "cpu":
         cpu = hardware.cpu_description()
-        xla_kernels = cpu["avx2"] and not cpu["avx512f"] and _cpu_accepts(tuple(CPU_OPTIONS.items()))
+        xla_kernels = cpu["avx2"] and not cpu["avx512f"] and _cpu_accepts(**CPU_OPTIONS)
         return dict(CPU_OPTIONS) if xla_kernels else {}
     if device.platform == "gpu" and device not in jax.devices():  # compile-only: no GPU to autotune on
         return dict(COMPILE_ONLY_GPU_OPTIONS)
@@ -60,16 +60,15 @@ def run_once_options(mesh: Mesh) -> dict:
     FAST_COMPILE_CPU_OPTIONS this XLA takes; elsewhere those of a step."""
     if mesh.devices.flat[0].platform != "cpu":
         return compiler_options(mesh)
-    fast = next((options for options in FAST_COMPILE_CPU_OPTIONS if _cpu_accepts(tuple(options.items()))), {})
+    fast = next((options for options in FAST_COMPILE_CPU_OPTIONS if _cpu_accepts(**options)), {})
     return {**compiler_options(mesh), **fast}
 
 
 @functools.cache
-def _cpu_accepts(options: tuple) -> bool:
-    """Whether XLA takes `options` ((name, value) pairs; it refuses options it does not know), probed on a
-    constant."""
+def _cpu_accepts(**options) -> bool:
+    """Whether XLA takes `options` (it refuses options it does not know), probed on a constant."""
     try:
-        jax.jit(lambda: jnp.zeros(()), compiler_options=dict(options)).lower().compile()
+        jax.jit(lambda: jnp.zeros(()), compiler_options=options).lower().compile()
     except jax.errors.JaxRuntimeError:
         return False
     return True

@@ -134,7 +134,7 @@ def test_cpu_steps_use_xla_kernels_where_the_cpu_lacks_avx512(avx512, monkeypatc
     """On an AVX2 CPU without AVX-512 the train, eval and decode steps compile without YNNPACK fusions
     (scaling/compiler.py), which XLA:CPU emits for them by default and keeps where the CPU has AVX-512."""
     monkeypatch.setattr(hardware, "cpu_description", lambda: {"avx2": True, "avx512f": avx512})
-    if not compiler._cpu_accepts(tuple(compiler.CPU_OPTIONS.items())):
+    if not compiler._cpu_accepts(**compiler.CPU_OPTIONS):
         pytest.skip("this jaxlib has no YNNPACK fusions to turn off")
     run = Run(tiny_model, tiny_train, sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1]))
     eval_step, eval_args = run.eval_step(), (run.abstract_state.params, run.batch_spec())
