@@ -58,10 +58,10 @@ def device_options(device) -> dict:
 def run_once_options(mesh: Mesh) -> dict:
     """The options for a program run once per run over `mesh`: on CPUs, the first of
     FAST_COMPILE_CPU_OPTIONS this XLA takes; elsewhere those of a step."""
-    if mesh.devices.flat[0].platform != "cpu":
-        return compiler_options(mesh)
-    fast = next((options for options in FAST_COMPILE_CPU_OPTIONS if _cpu_accepts(**options)), {})
-    return {**compiler_options(mesh), **fast}
+    options = compiler_options(mesh)
+    if mesh.devices.flat[0].platform == "cpu":
+        options.update(next((fast for fast in FAST_COMPILE_CPU_OPTIONS if _cpu_accepts(**fast)), {}))
+    return options
 
 
 @functools.cache
