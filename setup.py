@@ -13,6 +13,7 @@ setup(
         "optax>=0.2.3",
         "orbax-checkpoint>=0.10",
         "grain>=0.2.2",
+        "cloudpickle>=3.0",
         "sentencepiece>=0.2",
         "chex>=0.1.87",
         "absl-py>=2.1",

@@ -66,6 +66,20 @@ def test_input_pipeline_benchmark_feeds_the_train_step(tmp_path):
     assert fed["loader_step_s"] > 0 and fed["synthetic_step_s"] > 0 and fed["ratio"] > 0
 
 
+def test_packing_benchmark_packs_the_split_each_round(tfds_text, tmp_path):
+    """Every round packs the whole TFDS training split again (nothing cached) and checks its stream."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.packing", "--data", tfds_text.name, "--data_dir",
+                             tfds_text.data_dir, "--tokenizer", "bytes", "--workers", "0", "--rounds", "2",
+                             "--cache_dir", str(tmp_path)], cwd=REPO, env=command_env(), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    expected_tokens = 1 + sum(len(text) + 1 for text in tfds_text.documents["train"])
+    assert [(row["round"], row["tokens"], row["documents"], row["same_stream"]) for row in rows] == [
+        (round_, expected_tokens, len(tfds_text.documents["train"]), True) for round_ in range(2)]
+    assert not os.listdir(tmp_path)  # bytes need no tokenizer file, and the packed split is not cached
+
+
 def test_sampling_speed_compares_trained_runs(tmp_path, tiny_train):
     """Two runs decode side by side; a routed model reports how many tokens its blocks took, while
     generating and on held-out text."""

@@ -75,7 +75,27 @@ def documents(name: str, split: str, data_dir: str | None, text_key: str) -> gra
     except NotImplementedError:  # prepared as TFRecord, which has no random access
         raise UsageError("--data", f"tfds:{name} is prepared without random access; re-prepare it with: "
                                    f"{_build_command(name, data_dir)}") from None
-    return grain.MapDataset.source(source).map(lambda example: example[text_key])
+    return grain.MapDataset.source(_Texts(source, text_key))
+
+
+class _Texts:
+    """The `text_key` feature of a TFDS data source's examples. Where grain reads several at once (a
+    batch), ArrayRecord reads them in one call (grain's batched-read protocol, `_getitems`)."""
+
+    def __init__(self, source, text_key: str):
+        self._source, self._text_key = source, text_key
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> bytes:
+        return self._source[index][self._text_key]
+
+    def _getitems(self, indices) -> list:
+        return [example[self._text_key] for example in self._source.__getitems__(indices)]
+
+    def __repr__(self) -> str:
+        return f"_Texts({self._source!r}, {self._text_key!r})"
 
 
 def fingerprint(name: str, data_dir: str | None, text_key: str) -> dict:
