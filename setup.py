@@ -31,7 +31,7 @@ setup(
         "data": ["tensorflow-datasets>=4.9.6"],
         "dev": [
             "pytest>=8",
-            "pytest-xdist>=3.5",
+            "pytest-xdist>=3.8",
             "nbformat>=5.9",
             "nbclient>=0.10",
             "ipykernel>=6.29",

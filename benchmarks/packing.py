@@ -8,12 +8,11 @@ Prints one JSON line per packing, with whether its stream equals the first setti
 """
 import argparse
 import json
-import os
 import time
 
 import numpy as np
 
-from scaling.data import packing, sources
+from scaling.data import packing, parallel, sources
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
             print(json.dumps({
                 "data": args.data, "tokenizer": args.tokenizer, "round": round_, "workers": workers,
                 "documents": packed.documents, "tokens": len(packed.tokens), "seconds": round(seconds, 2),
-                "tokens_per_s": round(len(packed.tokens) / seconds), "cores": os.cpu_count(),
+                "tokens_per_s": round(len(packed.tokens) / seconds), "cores": parallel.cores(),
                 "same_stream": bool(np.array_equal(packed.tokens, first.tokens)),
             }), flush=True)
 
