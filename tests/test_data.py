@@ -293,19 +293,20 @@ def test_tfds_training_split_packed_to_data_tokens(tfds_text, tmp_path):
 
 def test_worker_processes_pack_the_stream_packed_in_process(tfds_text, tmp_path):
     """The TFDS training split through SentencePiece, whole and capped within its first and its second
-    chunk of documents: two spawned workers give the stream, text bytes and documents packed here, and
-    a capped stream ends at the last whole document that fits."""
+    chunk of documents, ends at the last whole document that fits; two spawned workers give the stream,
+    text bytes and documents packed here (capped in the second chunk: the first whole, then a part)."""
     spec = sources.Spec(tfds_text.name, "spm:320", tfds_text.data_dir, tfds_text.text_key, str(tmp_path))
     documents, tokenizer = spec.documents("train"), spec.make_tokenizer()
     ends = np.cumsum([1] + [len(tokenizer.encode(text)) + 1 for text in tfds_documents(tfds_text, "train")])
     assert len(ends) - 1 == len(documents) > packing.CHUNK
     first_chunk, whole = ends[packing.CHUNK], ends[-1]
     for max_tokens in (0, first_chunk // 2, (first_chunk + whole) // 2):
-        in_process, in_workers = (packing.pack(documents, tokenizer, max_tokens, workers) for workers in (0, 2))
-        np.testing.assert_array_equal(in_workers.tokens, in_process.tokens)
-        assert (in_workers.text_bytes, in_workers.documents) == (in_process.text_bytes, in_process.documents)
-        assert in_process.documents == np.searchsorted(ends, max_tokens or whole, "right") - 1
-        assert len(in_process.tokens) == ends[in_process.documents]
+        packed = packing.pack(documents, tokenizer, max_tokens, workers=0)
+        assert packed.documents == np.searchsorted(ends, max_tokens or whole, "right") - 1
+        assert len(packed.tokens) == ends[packed.documents]
+    in_workers = packing.pack(documents, tokenizer, max_tokens, workers=2)
+    np.testing.assert_array_equal(in_workers.tokens, packed.tokens)
+    assert (in_workers.text_bytes, in_workers.documents) == (packed.text_bytes, packed.documents)
 
 
 def packed_source(seq_len: int = 8):
