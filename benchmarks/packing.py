@@ -34,7 +34,7 @@ def main() -> None:
             start = time.perf_counter()
             packed = packing.pack(documents, tokenizer, int(args.data_tokens), workers)
             seconds = time.perf_counter() - start
-            first = first or packed
+            first = packed if first is None else first
             print(json.dumps({
                 "data": args.data, "tokenizer": args.tokenizer, "round": round_, "workers": workers,
                 "documents": packed.documents, "tokens": len(packed.tokens), "seconds": round(seconds, 2),

@@ -82,10 +82,11 @@ def pack(documents, tokenizer, max_tokens: int = 0, workers: int | None = None) 
     `workers` > 0 tokenises in that many processes (parallel.py), None in one per core where there
     are at least PARALLEL_MIN_DOCUMENTS documents; the stream is the same either way.
     """
-    chunks = grain.MapDataset.range(-(-len(documents) // CHUNK)).map(_EncodeChunk(documents, tokenizer))
+    encode = _EncodeChunk(documents, tokenizer)
+    chunks = grain.MapDataset.range(-(-len(documents) // CHUNK)).map(encode)
     if workers is None:
         workers = parallel.cores() if len(documents) >= PARALLEL_MIN_DOCUMENTS else 0
-    stream = _Stream(np.array([tokenizer.eod_id], token_dtype(tokenizer.vocab_size)), max_tokens)
+    stream = _Stream(np.array([tokenizer.eod_id], encode.dtype), max_tokens)
     with parallel.ordered_map(chunks, workers) as encoded:
         for chunk in encoded:
             if not stream.add(chunk):
