@@ -58,7 +58,8 @@ class Run:
 
     def init_state(self, init_from: Callable | None = None):
         """A fresh state born in its shards; `init_from` (optional) maps the fresh parameters to others."""
-        state = create_state(self.model, self.tx, self.model_cfg, self.train_cfg.seed, self.mesh, self.arch.post_step)
+        state = create_state(self.model, self.tx, self.model_cfg, self.train_cfg.seed, self.shardings, self.mesh,
+                             self.arch.post_step)
         if init_from is None:
             return state
         # Copies: the state is donated to every step, and init_from may return arrays the caller keeps.

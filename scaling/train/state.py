@@ -39,10 +39,9 @@ def abstract_state(model, tx, cfg: ModelConfig, seed: int, mesh: Mesh):
     return abstract, shardings
 
 
-def create_state(model, tx, cfg: ModelConfig, seed: int, mesh: Mesh, post_step: Callable | None = None):
-    """Initialises the train state with every array born in its shard (eval_shape + out_shardings),
-    compiled as a program run once (scaling/compiler.py)."""
-    _, shardings = abstract_state(model, tx, cfg, seed, mesh)
+def create_state(model, tx, cfg: ModelConfig, seed: int, shardings, mesh: Mesh, post_step: Callable | None = None):
+    """Initialises the train state with every array born in its shard (`shardings`, from
+    abstract_state), compiled as a program run once (scaling/compiler.py)."""
     boxed_init = _boxed_init_fn(model, tx, cfg, seed)
 
     def init():
