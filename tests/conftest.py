@@ -1,6 +1,6 @@
 """Test setup: 8 fake CPU devices, LLVM at -O0, and a persistent compilation cache for the
-command-line subprocesses (set before JAX is imported), shared tiny configurations and a tiny TFDS
-text dataset built locally."""
+command-line subprocesses (set before JAX is imported), JAX's caches emptied after each test file,
+shared tiny configurations and a tiny TFDS text dataset built locally."""
 import os
 import random
 import tempfile
