@@ -27,11 +27,11 @@ x = jnp.ones(20_000_000, jnp.float32)
 for _ in range(10):  # the heap grows to the calls' peak (and its fragments) in the first few
     materialise(x).block_until_ready()
 faults = []
-for _ in range(5):
+for _ in range(15):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     materialise(x).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-faults = sorted(faults)[2]  # the median call's: the heap may still grow once in a while
+faults = sorted(faults)[7]  # the median call's: the heap may still grow by a block now and then
 print(json.dumps({"faults_per_call": faults, "pages": x.nbytes // 4096, "cpu_only": host_memory.cpu_only_process()}))
 """
 
@@ -45,9 +45,11 @@ def faults_per_call(order: str) -> dict:
 
 @pytest.mark.skipif(not host_memory.on_glibc(), reason="glibc's mallopt")
 def test_large_temporaries_are_not_faulted_in_again_on_every_call():
-    # Beside another busy process (the other test worker), about one process in six faulted the
-    # block in on every call even so (cause not found); the setting takes effect in one of three.
-    kept = (faults_per_call("scaling first") for _ in range(3))
-    assert any(process["cpu_only"] and process["faults_per_call"] < 0.01 * process["pages"] for process in kept)
+    # A call faults pages in only where it grows the heap, by a block, which in a few processes beside
+    # a busy one went on past the warm-up: 3 of 30 grew it in 3 of the 5 calls measured then; over 60
+    # calls after the warm-up, 2 of 10 grew it once and none more (the heap's resident size read
+    # from /proc/self/smaps around each call).
+    kept = faults_per_call("scaling first")
+    assert kept["cpu_only"] and kept["faults_per_call"] < 0.01 * kept["pages"]
     unkept = faults_per_call("jax first")
     assert unkept["faults_per_call"] > 0.9 * unkept["pages"]  # the block's every page, as without the setting
