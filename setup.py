@@ -23,7 +23,9 @@ setup(
         "ml_dtypes>=0.5,<0.7; python_version < '3.12'",
         "scipy>=1.11",
         "threadpoolctl>=3.1",
-        "etils[epath]>=1.5",
+        # gs:// workdirs and data: etils.epath reads them through gcsfs where TensorFlow is not installed
+        # (without it, every gs:// path ended in "ImportError: Please install gcsfs").
+        "etils[epath,epath-gcs]>=1.5",
         "matplotlib>=3.8",
         "tqdm>=4.66",
     ],
@@ -36,6 +38,7 @@ setup(
             "nbclient>=0.10",
             "ipykernel>=6.29",
             "tensorflow-datasets>=4.9.6",
+            "gcp-storage-emulator>=2026.7",  # a local GCS server for the gs:// tests (no network)
         ],
     },
 )

@@ -1,15 +1,16 @@
 """Pod readiness: divergence stops a run cleanly, SIGTERM checkpoints and resumes to the same end
 (loading its compiled train step rather than compiling it again), and every shared file goes through
-etils.epath (tested on a non-local scheme that runs offline)."""
+etils.epath, which serves gs:// (tested against a Google Cloud Storage server run locally)."""
 import dataclasses
-import importlib
 import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import jax
 import numpy as np
@@ -20,10 +21,12 @@ from test_cli import REPO, assert_usage_error
 
 from scaling import sweep
 from scaling.config import MeshConfig, ModelConfig, TrainConfig
+from scaling.data.sources import make_source
 from scaling.train.loop import train
 from scaling.train.metrics import MetricsLog
 
 EXPLODING = dict(learning_rate=1e15, warmup_frac=0.0)
+EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "CLOUD_STORAGE_EMULATOR_ENDPOINT")
 
 
 def strict_lines(path) -> list[dict]:
@@ -123,34 +126,66 @@ def test_sigterm_saves_the_current_step_and_resuming_ends_like_the_uninterrupted
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
-@pytest.fixture
-def offline_gcs(monkeypatch):
-    """gs:// paths as a pod uses them (etils.epath, whose fsspec backend serves gs:// where TensorFlow is
-    not installed) with fsspec's in-memory filesystem standing in for the bucket: offline, not local."""
+@pytest.fixture(scope="module")
+def gcs_bucket():
+    """A bucket on a Google Cloud Storage server run locally (gcp-storage-emulator, in memory): gs://
+    paths go through the clients a pod uses, over HTTP, offline. etils.epath reads them with gcsfs
+    (STORAGE_EMULATOR_HOST points it here) and ArrayRecord, which TFDS reads with, with its own
+    client (CLOUD_STORAGE_EMULATOR_ENDPOINT)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                               "--port", str(port), "--in-memory", "--quiet", "--default-bucket", "scaling-tests"])
+    try:
+        _wait_until_serving(f"{url}/storage/v1/b/scaling-tests")
+        with pytest.MonkeyPatch.context() as patch:
+            for name in EMULATOR_VARIABLES:
+                patch.setenv(name, url)
+            _forget_gcs_clients()
+            yield "gs://scaling-tests"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        _forget_gcs_clients()
+
+
+def _wait_until_serving(url: str, timeout_s: float = 60) -> None:
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _forget_gcs_clients() -> None:
+    """Drops the gcsfs clients etils and fsspec keep, which hold the endpoint they were made with."""
+    import gcsfs
     from etils.epath import backend
-    from fsspec.implementations.memory import MemoryFileSystem
 
-    registry = importlib.import_module("fsspec.registry")  # the module (fsspec.registry is a mapping)
-    monkeypatch.setitem(registry._registry, "gcs", MemoryFileSystem)
+    gcsfs.GCSFileSystem.clear_instance_cache()
     backend.fsspec_backend._get_filesystem.cache_clear()
-    yield "gs://offline-bucket/sweep"
-    backend.fsspec_backend._get_filesystem.cache_clear()
-    MemoryFileSystem.store.clear()
 
 
-def test_sweep_files_and_metrics_go_through_epath(offline_gcs):
+def test_sweep_files_and_metrics_go_through_epath(gcs_bucket):
     from etils import epath
 
+    workdir = f"{gcs_bucket}/sweep"
     plan = sweep.plan_sweep(2e12, [ModelConfig(seq_len=32)], 3, TrainConfig(data="synthetic"), batch_size=8)
-    sweep.write_plan(offline_gcs, plan)
-    sweep.check_workdir(offline_gcs, plan)
+    sweep.write_plan(workdir, plan)
+    sweep.check_workdir(workdir, plan)
     for i, run in enumerate(plan["runs"]):
         summary = {"tokens": 1, "steps": 1, "final_train_loss": 2.0, "final_eval_loss": 2.0 + (i - 1) ** 2 / 10,
                    "final_eval_causal_loss": None, "final_eval_bpb": None, "status": "complete", "wall_s": 1.0,
                    "data_fingerprint": "synthetic"}
-        sweep.append_result(offline_gcs, sweep.result_record(run, summary))
-    fits = sweep.finish(offline_gcs)
-    root = epath.Path(offline_gcs)
+        sweep.append_result(workdir, sweep.result_record(run, summary))
+    fits = sweep.finish(workdir)
+    root = epath.Path(workdir)
     assert not os.path.exists("gs:") and not os.path.exists("/gs")  # nothing went to a local directory
     assert json.loads((root / "fits.json").read_text()) == json.loads(json.dumps(fits)) and fits["gpt"]
     assert (root / "isoflop.png").read_bytes()[:4] == b"\x89PNG"
@@ -163,6 +198,20 @@ def test_sweep_files_and_metrics_go_through_epath(offline_gcs):
     log.FLUSH_S = 0.0
     log.write({"step": 3, "loss": 0.5})  # its interval has passed: written at once
     assert [r["step"] for r in log.read()] == [1, 2, 3] and log.truncate_after(1) == [{"step": 1, "loss": None}]
+
+
+def test_tfds_data_is_read_from_a_bucket(gcs_bucket, tfds_text):
+    """The pod's data path (--data tfds:NAME --data_dir gs://...): the same records as from a local disk.
+    The eval split only: ArrayRecord fetches each document with its own request, ~50 ms from this server."""
+    from etils import epath
+
+    local, bucket = pathlib.Path(tfds_text.data_dir), epath.Path(gcs_bucket) / "tensorflow_datasets"
+    for path in local.rglob("*"):
+        if path.is_file():
+            (bucket / str(path.relative_to(local))).write_bytes(path.read_bytes())
+    sources = [make_source(tfds_text.name, "eval", 32, data_dir=str(data_dir)) for data_dir in (local, bucket)]
+    assert len(sources[0]) == len(sources[1]) > 0
+    np.testing.assert_array_equal(*(np.stack([source[i] for i in range(len(source))]) for source in sources))
 
 
 def test_bad_device_memory_is_one_line(tmp_path):
