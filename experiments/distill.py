@@ -14,12 +14,12 @@ model's gain the dense student keeps (the paper: ~30%).
 """
 import dataclasses
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import optax
 from absl import flags
+from etils import epath
 
 from experiments import cli
 from scaling import sharding
@@ -29,7 +29,7 @@ from scaling.train import checkpoints
 from scaling.train.evaluation import Evaluator
 from scaling.train.loop import train
 from scaling.train.run import Run
-from scaling.train.run_dir import read_config
+from scaling.train.run_dir import absolute, read_config, write_json
 from scaling.train.steps import apply_for_training, token_cross_entropy
 
 SOFT_WEIGHT = 0.25  # teacher soft targets; 1 - SOFT_WEIGHT on the labels (Switch Table 6)
@@ -60,7 +60,7 @@ class DistillationLoss:
 def load_run(run_dir: str, mesh, flag: str) -> Run:
     """The Run of a finished run directory, with its final parameters as `run.params`."""
     config = read_config(run_dir)
-    if config is None or not os.path.exists(os.path.join(run_dir, "summary.json")):
+    if config is None or not (epath.Path(run_dir) / "summary.json").exists():
         raise UsageError(flag, f"{run_dir} holds no finished run")
     train_cfg = TrainConfig(**config["train"])
     run = Run(model_config_from_dict(config["model"]), train_cfg, mesh)
@@ -90,7 +90,7 @@ def distill(teacher_dir: str, baseline_dir: str, workdir: str, mesh_cfg: MeshCon
         student_cfg, train_cfg, mesh_cfg, workdir, max_steps=max_steps,
         loss=DistillationLoss(teacher.model, teacher.params),
         init_from=lambda fresh: distillation.student_params(teacher.model_cfg, teacher.params, student_cfg, fresh),
-        extra_config={"distillation": {"teacher": os.path.abspath(teacher_dir), "soft_weight": SOFT_WEIGHT}},
+        extra_config={"distillation": {"teacher": absolute(teacher_dir), "soft_weight": SOFT_WEIGHT}},
     )
     if not summary["complete"]:
         return None
@@ -99,10 +99,9 @@ def distill(teacher_dir: str, baseline_dir: str, workdir: str, mesh_cfg: MeshCon
 
 def _report(teacher: Run, baseline: Run, student_loss: float, workdir: str, baseline_dir: str) -> dict:
     """distillation.json: the three eval losses on the same held-out batches and the kept fraction."""
-    path = os.path.join(workdir, "distillation.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    path = epath.Path(workdir) / "distillation.json"
+    if path.exists():
+        return json.loads(path.read_text())
     # The teacher's data and eval batches for all three.
     same_batches = Run(baseline.model_cfg, teacher.train_cfg, baseline.mesh)
     losses = {"student": student_loss, "teacher": Evaluator(teacher)(teacher.params)["eval_loss"],
@@ -112,11 +111,9 @@ def _report(teacher: Run, baseline: Run, student_loss: float, workdir: str, base
         **{f"{name}_eval_loss": loss for name, loss in losses.items()},
         "kept": (losses["baseline"] - losses["student"]) / gain if gain else None,
         "soft_weight": SOFT_WEIGHT,
-        "baseline": os.path.abspath(baseline_dir),
+        "baseline": absolute(baseline_dir),
     }
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(path, report)
     return report
 
 

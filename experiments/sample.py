@@ -3,11 +3,10 @@
 Restores the latest checkpoint of the run in --workdir and prints the prompt followed by the sampled
 continuation, encoded and decoded by the run's tokenizer. Nothing is written.
 """
-import os
-
 import jax
 import numpy as np
 from absl import flags
+from etils import epath
 
 from experiments import cli
 from scaling import data, sharding
@@ -31,7 +30,7 @@ FLAGS = flags.FLAGS
 def load_params(run_dir: str):
     """(model config, parameters, tokenizer or None) of the latest checkpoint of a run directory."""
     config = read_config(run_dir) if run_dir else None
-    if config is None or not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+    if config is None or not (epath.Path(run_dir) / "checkpoints").exists():
         raise UsageError("--workdir", f"{run_dir!r} holds no trained run (config.json and checkpoints/)")
     model_cfg, train_cfg = model_config_from_dict(config["model"]), TrainConfig(**config["train"])
     run = Run(model_cfg, train_cfg, sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1]))

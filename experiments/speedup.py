@@ -12,6 +12,7 @@ used. --baseline_options and --variant_options set model flags for one side only
 one architecture: an ablation), e.g. --baseline switch --baseline_options capacity_factor=0.625
 --variant mode --variant_options mode_variant=integrated,noop_experts=8.
 """
+import io
 import json
 import math
 import os
@@ -19,12 +20,14 @@ import os
 import jax
 import numpy as np
 from absl import flags
+from etils import epath
 
 from experiments import cli
 from scaling import analysis, benchmark, sharding
 from scaling.config import UsageError
 from scaling.models.registry import ARCHITECTURES
 from scaling.train.loop import train
+from scaling.train.run_dir import write_file
 
 flags.DEFINE_string("baseline", "gpt", "Architecture of the control.")
 flags.DEFINE_string("variant", "ngpt", "Architecture compared against the baseline.")
@@ -205,9 +208,10 @@ def main(argv) -> None:
     base, var = (run_side(runs[side], models[side][1], workdir, mesh_cfg) for side in SIDES)
     result = report(base, var, mesh_cfg)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "curves.json"), "w") as f:
-            json.dump(result, f, indent=1)
-        analysis.plot_speedup_report(result, os.path.join(workdir, "speedup.png"))
+        write_file(epath.Path(workdir) / "curves.json", json.dumps(result, indent=1))
+        image = io.BytesIO()
+        analysis.plot_speedup_report(result, image)
+        write_file(epath.Path(workdir) / "speedup.png", image.getvalue())
         print(analysis.format_speedup_report(result))
         print(f"wrote {workdir}/curves.json and speedup.png")
 

@@ -26,7 +26,7 @@ from scaling.train.loop import train
 from scaling.train.metrics import MetricsLog
 
 EXPLODING = dict(learning_rate=1e15, warmup_frac=0.0)
-EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "CLOUD_STORAGE_EMULATOR_ENDPOINT")
+EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "CLOUD_STORAGE_EMULATOR_ENDPOINT")
 
 
 def strict_lines(path) -> list[dict]:
@@ -128,21 +128,23 @@ def test_sigterm_saves_the_current_step_and_resuming_ends_like_the_uninterrupted
 
 @pytest.fixture(scope="module")
 def gcs_bucket():
-    """A bucket on a Google Cloud Storage server run locally (gcp-storage-emulator, in memory): gs://
-    paths go through the clients a pod uses, over HTTP, offline. etils.epath reads them with gcsfs
-    (STORAGE_EMULATOR_HOST points it here) and ArrayRecord, which TFDS reads with, with its own
-    client (CLOUD_STORAGE_EMULATOR_ENDPOINT)."""
+    """A bucket on a Google Cloud Storage server run locally (tests/gcs_server.py, in memory): gs:// paths
+    go through the clients a pod uses, over HTTP, offline. etils.epath reaches it with gcsfs
+    (STORAGE_EMULATOR_HOST), orbax's checkpoints with tensorstore (TENSORSTORE_GCS_HTTP_URL, with the
+    token tensorstore takes in tests), and TFDS's ArrayRecord files with ArrayRecord's own client
+    (CLOUD_STORAGE_EMULATOR_ENDPOINT). Command-line subprocesses inherit the variables."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-                               "--port", str(port), "--in-memory", "--quiet", "--default-bucket", "scaling-tests"])
+    server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "gcs_server.py"), str(port),
+                               "scaling-tests"])
     try:
         _wait_until_serving(f"{url}/storage/v1/b/scaling-tests")
         with pytest.MonkeyPatch.context() as patch:
             for name in EMULATOR_VARIABLES:
                 patch.setenv(name, url)
+            patch.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "local")
             _forget_gcs_clients()
             yield "gs://scaling-tests"
     finally:
@@ -212,6 +214,39 @@ def test_tfds_data_is_read_from_a_bucket(gcs_bucket, tfds_text):
     sources = [make_source(tfds_text.name, "eval", 32, data_dir=str(data_dir)) for data_dir in (local, bucket)]
     assert len(sources[0]) == len(sources[1]) > 0
     np.testing.assert_array_equal(*(np.stack([source[i] for i in range(len(source))]) for source in sources))
+
+
+def test_a_run_on_gcs_checkpoints_there_and_resumes_to_the_same_end(gcs_bucket):
+    """experiments.train --workdir gs://...: config, metrics, checkpoints (orbax through tensorstore),
+    compiled steps and summary in the bucket; preempted after its first checkpoint (the later one and
+    the summary never written), the same command resumes from the bucket to the same end."""
+    from etils import epath
+
+    from experiments.sample import load_params
+
+    workdir = f"{gcs_bucket}/run"
+    command = [sys.executable, "-m", "experiments.train", "--d_model", "32", "--n_heads", "2", "--seq_len", "32",
+               "--batch_size", "8", "--tokens", str(40 * 8 * 32), "--data", "synthetic", "--eval_every", "20",
+               "--checkpoint_every", "20", "--workdir", workdir]
+    env = command_env()
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the suite's shared cache: this run keeps its own, in the bucket
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    root = epath.Path(workdir)
+    whole = json.loads((root / "summary.json").read_text())
+    assert sorted(path.name for path in (root / "checkpoints").iterdir()) == ["20", "40"]
+    assert [path.name for path in (root / "compilation_cache").iterdir()][0].startswith("cpu-")
+    (root / "summary.json").unlink()
+    (root / "checkpoints" / "40").rmtree()
+    resumed = subprocess.run(command, cwd=REPO, env={**env, "JAX_LOG_COMPILES": "1"}, check=True,
+                             capture_output=True, text=True, timeout=600)
+    assert "Persistent compilation cache hit for 'jit_train_step'" in resumed.stderr
+    assert "run: step 40/40, loss " in resumed.stderr and "run: step 20/40" not in resumed.stderr  # from step 20
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["final_eval_loss"] == pytest.approx(whole["final_eval_loss"], rel=1e-5)
+    steps = [record["step"] for record in MetricsLog(root / "metrics.jsonl").read()]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # the records after step 20 replaced, not repeated
+    model_cfg, params, tokenizer = load_params(workdir)  # experiments.sample's restore
+    assert model_cfg.d_model == 32 and tokenizer is None and jax.tree.leaves(params)
 
 
 def test_bad_device_memory_is_one_line(tmp_path):

@@ -15,9 +15,9 @@ from scaling.flops import CONVENTION
 from scaling.models.registry import model_config_from_dict
 from scaling.sweep.plan import all_runs
 from scaling.train.loop import train
-from scaling.train.metrics import append_lines, format_duration, make_parent, strict_json
+from scaling.train.metrics import append_lines, format_duration, strict_json
 from scaling.train.run import Run
-from scaling.train.run_dir import LAYOUT, default_cache_dir
+from scaling.train.run_dir import LAYOUT, default_cache_dir, write_file
 
 
 def _unfitted(plan: dict) -> dict:
@@ -61,17 +61,9 @@ def check_data(plan: dict, mesh_cfg: MeshConfig, workdir: str) -> None:
         cache_dir=default_cache_dir(workdir)).check_data()
 
 
-def _write(workdir: str, name: str, content: str | bytes) -> None:
-    """Writes <workdir>/<name> from process 0, the one writer of a sweep's shared files."""
-    if jax.process_index() == 0:
-        path = epath.Path(workdir) / name
-        make_parent(path)
-        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
-
-
 def write_plan(workdir: str, plan: dict) -> None:
     """Writes plan.json, the plan as this invocation runs it (`check_workdir` has vouched for an existing one)."""
-    _write(workdir, "plan.json", json.dumps(plan, indent=2))
+    write_file(epath.Path(workdir) / "plan.json", json.dumps(plan, indent=2))
 
 
 def result_record(run: dict, summary: dict) -> dict:
@@ -121,10 +113,10 @@ def finish(workdir: str, x_key: str = "params", metric: str = "final_eval_loss")
     results = finished_results(workdir)
     fits = analysis.fit_sweep(results, x_key, metric=metric)
     if jax.process_index() == 0:
-        _write(workdir, "fits.json", json.dumps(fits, indent=2))
+        write_file(epath.Path(workdir) / "fits.json", json.dumps(fits, indent=2))
         image = io.BytesIO()
         analysis.plot_isoflop(results, fits, image, x_key, metric=metric)
-        _write(workdir, "isoflop.png", image.getvalue())
+        write_file(epath.Path(workdir) / "isoflop.png", image.getvalue())
         print(analysis.format_table(results, fits, metric=metric))
     return fits
 

@@ -83,11 +83,21 @@ def check_config(run_dir: str, config: dict) -> None:
         raise UsageError("--workdir", f"{run_dir} holds a run with a different configuration; choose a new --workdir")
 
 
-def write_json(path: epath.Path, record: dict) -> None:
-    """Writes one JSON file from process 0 (the one writer of shared files)."""
+def write_file(path, content: str | bytes) -> None:
+    """Writes one shared file, local or an object (gs://), from process 0, the one writer of shared files."""
     if jax.process_index() == 0:
+        path = epath.Path(path)
         make_parent(path)
-        path.write_text(json.dumps(record, indent=2))
+        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+
+
+def write_json(path, record: dict) -> None:
+    write_file(path, json.dumps(record, indent=2))
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute, to be recorded; a URL (gs://...) as it is."""
+    return path if "://" in str(path) else os.path.abspath(path)
 
 
 def write_config(run_dir: str, config: dict) -> None:
