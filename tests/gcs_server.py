@@ -3,7 +3,7 @@ generation (the x-goog-generation header) as GCS's do. tensorstore, through whic
 checkpoints, reads the generation from every download and refuses one without it ("Malformed
 StorageGeneration"); the emulator sends it on none.
 
-    python tests/gcs_server.py PORT BUCKET   (in memory, on 127.0.0.1)
+    python tests/gcs_server.py PORT BUCKET   (in memory, on 127.0.0.1; every request logged to stderr)
 """
 import sys
 
@@ -29,4 +29,4 @@ from gcp_storage_emulator.__main__ import main  # noqa: E402
 
 if __name__ == "__main__":
     port, bucket = sys.argv[1:]
-    main(["start", "--host", "127.0.0.1", "--port", port, "--in-memory", "--quiet", "--default-bucket", bucket])
+    main(["start", "--host", "127.0.0.1", "--port", port, "--in-memory", "--default-bucket", bucket])
