@@ -92,6 +92,7 @@ def write_file(path, content: str | bytes) -> None:
 
 
 def write_json(path, record: dict) -> None:
+    """write_file of one JSON record."""
     write_file(path, json.dumps(record, indent=2))
 
 
