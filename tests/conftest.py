@@ -1,9 +1,15 @@
 """Test setup: 8 fake CPU devices, LLVM at -O0, and a persistent compilation cache for the
 command-line subprocesses (set before JAX is imported), JAX's caches emptied after each test file,
-shared tiny configurations and a tiny TFDS text dataset built locally."""
+shared tiny configurations, a tiny TFDS text dataset built locally and a GCS bucket served locally."""
 import os
+import pathlib
 import random
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from importlib.metadata import version
 from typing import NamedTuple
 
@@ -129,3 +135,61 @@ def tfds_text(tmp_path_factory) -> TfdsText:
     ScalingTinyText(data_dir=data_dir, file_format="array_record").download_and_prepare()
     documents = {split: [text.encode() for text in tiny_text_documents(split)] for split in TINY_TEXT_DOCUMENTS}
     return TfdsText("tfds:scaling_tiny_text", data_dir, "text", documents)
+
+
+EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "CLOUD_STORAGE_EMULATOR_ENDPOINT")
+
+
+class Bucket(NamedTuple):
+    url: str  # gs://...
+    log: pathlib.Path  # the server's log, a line per request
+
+
+@pytest.fixture(scope="module")
+def gcs_bucket(tmp_path_factory) -> Bucket:
+    """A bucket on a Google Cloud Storage server run locally (tests/gcs_server.py, in memory): gs:// paths
+    go through the clients a pod uses, over HTTP, offline. etils.epath reaches it with gcsfs
+    (STORAGE_EMULATOR_HOST), orbax's checkpoints with tensorstore (TENSORSTORE_GCS_HTTP_URL, with the
+    token tensorstore takes in tests), and TFDS's ArrayRecord files with ArrayRecord's own client
+    (CLOUD_STORAGE_EMULATOR_ENDPOINT). Command-line subprocesses inherit the variables."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("gcs") / "requests.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "gcs_server.py"),
+                                   str(port), "scaling-tests"], stdout=output, stderr=output)
+    try:
+        _wait_until_serving(f"{url}/storage/v1/b/scaling-tests")
+        with pytest.MonkeyPatch.context() as patch:
+            for name in EMULATOR_VARIABLES:
+                patch.setenv(name, url)
+            patch.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "local")
+            _forget_gcs_clients()
+            yield Bucket("gs://scaling-tests", log)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        _forget_gcs_clients()
+
+
+def _wait_until_serving(url: str, timeout_s: float = 60) -> None:
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _forget_gcs_clients() -> None:
+    """Drops the gcsfs clients etils and fsspec keep, which hold the endpoint they were made with."""
+    import gcsfs
+    from etils.epath import backend
+
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    backend.fsspec_backend._get_filesystem.cache_clear()

@@ -1,8 +1,8 @@
-"""Tests of launch/: a real 2-process CPU training job against its single-process twin, fail-fast
-supervision, one-line usage errors, and the SLURM script and gcloud commands in dry-run mode."""
+"""Tests of launch/: a real 2-process CPU training job (its run in a GCS bucket served locally) against its
+single-process twin, fail-fast supervision, one-line usage errors, and the SLURM script and gcloud commands in
+dry-run mode."""
 import json
 import os
-import pathlib
 import shlex
 import signal
 import subprocess
@@ -12,11 +12,12 @@ import time
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
 TRAIN = [
-    *("-m", "experiments.train", "--mesh", "data=8"),
+    *("-m", "experiments.train", "--mesh", "data=1,fsdp=8"),  # parameters sharded over both processes' devices
     *("--d_model", "64", "--n_layers", "1", "--n_heads", "1", "--seq_len", "32", "--batch_size", "8"),
     *("--tokens", str(6 * 8 * 32), "--log_every", "1", "--checkpoint_every", "3"),
     *("--eval_every", "3", "--eval_batches", "1"),
@@ -37,17 +38,18 @@ def python(args: list[str], env: dict | None = None, timeout: float = 60) -> sub
 
 
 def metrics(run_dir: str) -> list[dict]:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return [json.loads(line) for line in (epath.Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_train_like_one_process_with_eight_devices(tmp_path, tfds_text):
+def test_two_processes_train_like_one_process_with_eight_devices(tmp_path, tfds_text, gcs_bucket):
     """On the locally built TFDS dataset, through the packed pipeline and a SentencePiece tokenizer
-    trained on it (each process trains the same model deterministically)."""
-    multi_dir, single_dir = str(tmp_path / "multi"), str(tmp_path / "single")
+    trained on it (each process trains the same model deterministically); the two processes' run in a
+    bucket, as on a pod (each writes its checkpoint shards, process 0 the shared files)."""
+    multi_dir, single_dir = f"{gcs_bucket.url}/multi", str(tmp_path / "single")
     text = ["--data", tfds_text.name, "--data_dir", tfds_text.data_dir, "--tokenizer", "spm:320"]
     launcher = ["-m", "launch.local", "--num_processes", "2", "--devices_per_process", "4", "--", sys.executable]
-    multi = python([*launcher, *TRAIN, *text, "--workdir", multi_dir], timeout=300)
+    home = clean_env(HOME=str(tmp_path))  # a gs:// run keeps its tokenizer and tokenised data in ~/.cache/scaling
+    multi = python([*launcher, *TRAIN, *text, "--workdir", multi_dir], home, timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
     single = python([*TRAIN, *text, "--workdir", single_dir], clean_env(XLA_FLAGS=EIGHT_DEVICES), timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
@@ -58,14 +60,17 @@ def test_two_processes_train_like_one_process_with_eight_devices(tmp_path, tfds_
     np.testing.assert_allclose([r["loss"] for r in multi_log], [r["loss"] for r in single_log], rtol=1e-5)
     evals = lambda log: [r["eval_loss"] for r in log if r["eval_loss"] is not None]
     np.testing.assert_allclose(evals(multi_log), evals(single_log), rtol=1e-5)
-    summaries = [json.loads(pathlib.Path(run_dir, "summary.json").read_text()) for run_dir in (multi_dir, single_dir)]
+    summaries = [json.loads((epath.Path(run_dir) / "summary.json").read_text()) for run_dir in (multi_dir, single_dir)]
     for run_dir, summary in zip((multi_dir, single_dir), summaries):
-        assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["3", "6"]
+        assert sorted(path.name for path in (epath.Path(run_dir) / "checkpoints").iterdir()) == ["3", "6"]
         tokenizer = summary["data_fingerprint"]["tokenizer"]
         assert tokenizer["spec"] == "spm:320" and tokenizer["vocab_size"] == 320 and len(tokenizer["sha256"]) == 64
         # Bits per byte: the loss in bits over the UTF-8 bytes the tokens cover (> 1 byte per spm token).
         assert 0 < summary["final_eval_bpb"] < summary["final_eval_loss"] / np.log(2)
     assert summaries[0]["data_fingerprint"] == summaries[1]["data_fingerprint"]  # the same tokenizer, trained twice
+    assert list((tmp_path / ".cache" / "scaling" / "tokenizers").iterdir())  # not beside the run in the bucket
+    shards = {path.name for path in (epath.Path(multi_dir) / "checkpoints" / "6" / "default").iterdir()}
+    assert {"ocdbt.process_0", "ocdbt.process_1"} <= shards  # each process wrote its own
 
 
 def test_local_sets_the_process_env_and_prefixes_output():

@@ -6,12 +6,9 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -27,7 +24,6 @@ from scaling.train.loop import train
 from scaling.train.metrics import MetricsLog
 
 EXPLODING = dict(learning_rate=1e15, warmup_frac=0.0)
-EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "CLOUD_STORAGE_EMULATOR_ENDPOINT")
 
 
 def strict_lines(path) -> list[dict]:
@@ -125,61 +121,6 @@ def test_sigterm_saves_the_current_step_and_resuming_ends_like_the_uninterrupted
             for name in ("whole", "stopped"))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
-
-
-class Bucket(NamedTuple):
-    url: str  # gs://...
-    log: pathlib.Path  # the server's log, a line per request
-
-
-@pytest.fixture(scope="module")
-def gcs_bucket(tmp_path_factory) -> Bucket:
-    """A bucket on a Google Cloud Storage server run locally (tests/gcs_server.py, in memory): gs:// paths
-    go through the clients a pod uses, over HTTP, offline. etils.epath reaches it with gcsfs
-    (STORAGE_EMULATOR_HOST), orbax's checkpoints with tensorstore (TENSORSTORE_GCS_HTTP_URL, with the
-    token tensorstore takes in tests), and TFDS's ArrayRecord files with ArrayRecord's own client
-    (CLOUD_STORAGE_EMULATOR_ENDPOINT). Command-line subprocesses inherit the variables."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("gcs") / "requests.log"
-    with open(log, "w") as output:
-        server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "gcs_server.py"),
-                                   str(port), "scaling-tests"], stdout=output, stderr=output)
-    try:
-        _wait_until_serving(f"{url}/storage/v1/b/scaling-tests")
-        with pytest.MonkeyPatch.context() as patch:
-            for name in EMULATOR_VARIABLES:
-                patch.setenv(name, url)
-            patch.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "local")
-            _forget_gcs_clients()
-            yield Bucket("gs://scaling-tests", log)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        _forget_gcs_clients()
-
-
-def _wait_until_serving(url: str, timeout_s: float = 60) -> None:
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def _forget_gcs_clients() -> None:
-    """Drops the gcsfs clients etils and fsspec keep, which hold the endpoint they were made with."""
-    import gcsfs
-    from etils.epath import backend
-
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    backend.fsspec_backend._get_filesystem.cache_clear()
 
 
 def test_sweep_files_and_metrics_go_through_epath(gcs_bucket):
