@@ -47,7 +47,7 @@ def strict_json(record: dict) -> str:
     return json.dumps(finite, allow_nan=False)
 
 
-def is_local(path: epath.Path) -> bool:
+def is_local(path: str | epath.Path) -> bool:
     return "://" not in str(path)
 
 

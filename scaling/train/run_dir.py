@@ -16,7 +16,7 @@ from etils import epath
 from scaling import data
 from scaling.config import MeshConfig, UsageError
 from scaling.flops import CONVENTION
-from scaling.train.metrics import make_parent
+from scaling.train.metrics import is_local, make_parent
 from scaling.train.run import Run
 
 # Version of the parameter and config layout; runs written by another layout are refused, not mixed.
@@ -98,7 +98,7 @@ def write_json(path, record: dict) -> None:
 
 def absolute(path: str) -> str:
     """A local path made absolute, to be recorded; a URL (gs://...) as it is."""
-    return path if "://" in str(path) else os.path.abspath(path)
+    return os.path.abspath(path) if is_local(path) else path
 
 
 def write_config(run_dir: str, config: dict) -> None:
@@ -108,6 +108,6 @@ def write_config(run_dir: str, config: dict) -> None:
 
 def default_cache_dir(run_dir: str) -> str:
     """Where a run keeps its tokenizer and tokenised data unless told: beside it, if it is local."""
-    if "://" in str(run_dir):
+    if not is_local(run_dir):
         return os.path.expanduser("~/.cache/scaling")
     return os.path.join(str(run_dir), "data")
