@@ -7,12 +7,14 @@ setup(
     description="isoFLOP comparisons of efficient Transformer designs in JAX/Flax",
     python_requires=">=3.11",
     packages=find_packages(include=["scaling*", "experiments*", "launch*"]),
+    # Lower bounds: the oldest releases the test suite passes with (README, Quickstart: uv pip install
+    # --resolution lowest-direct installs them).
     install_requires=[
-        "jax>=0.4.36",
-        "flax>=0.10",
-        "optax>=0.2.3",
-        "orbax-checkpoint>=0.10",
-        "grain>=0.2.2",
+        "jax>=0.10.1",
+        "flax>=0.12.2",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11.17",
+        "grain>=0.2.14",
         "cloudpickle>=3.0",
         "sentencepiece>=0.2",
         "chex>=0.1.87",
@@ -30,14 +32,14 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "data": ["tensorflow-datasets>=4.9.6"],
+        "data": ["tensorflow-datasets>=4.9.10"],
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.8",
             "nbformat>=5.9",
             "nbclient>=0.10",
             "ipykernel>=6.29",
-            "tensorflow-datasets>=4.9.6",
+            "tensorflow-datasets>=4.9.10",
             "gcp-storage-emulator>=2026.7",  # a local GCS server for the gs:// tests (no network)
         ],
     },
