@@ -7,8 +7,7 @@ setup(
     description="isoFLOP comparisons of efficient Transformer designs in JAX/Flax",
     python_requires=">=3.11",
     packages=find_packages(include=["scaling*", "experiments*", "launch*"]),
-    # Lower bounds: the oldest releases the test suite passes with (README, Quickstart: uv pip install
-    # --resolution lowest-direct installs them).
+    # Lower bounds: the oldest releases the test suite passes with (.ci/lowest runs it with them).
     install_requires=[
         "jax>=0.10.1",
         "flax>=0.12.2",
