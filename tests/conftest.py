@@ -1,6 +1,8 @@
 """Test setup: 8 fake CPU devices, LLVM at -O0, and a persistent compilation cache for the
 command-line subprocesses (set before JAX is imported), JAX's caches emptied after each test file,
-shared tiny configurations, a tiny TFDS text dataset built locally and a GCS bucket served locally."""
+commands run as a user runs them (forked from a process that has imported the toolkit), shared tiny
+configurations, a tiny TFDS text dataset built locally and a GCS bucket served locally."""
+import json
 import os
 import pathlib
 import random
@@ -58,6 +60,36 @@ def command_env(devices: int = 1) -> dict:
     """The environment of a command-line subprocess: this one's, on `devices` fake CPU devices."""
     xla_flags = f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
     return {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_command_servers: dict[int, subprocess.Popen] = {}  # by number of devices; each test worker has its own
+
+
+def run_command(module: str, *args: str, devices: int = 1) -> subprocess.CompletedProcess:
+    """`python -m module args` on `devices` fake CPU devices, forked from a process that has imported
+    the toolkit already (tests/command_server.py): stdout, stderr and exit status as a user sees them."""
+    server = _command_servers.get(devices)
+    if server is None:
+        server = _command_servers[devices] = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tests", "command_server.py")], cwd=REPO, env=command_env(devices),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server.stdin.write(json.dumps([module, *args]) + "\n")
+    server.stdin.flush()
+    reply = server.stdout.readline()
+    if not reply:
+        raise RuntimeError(f"tests/command_server.py ended (status {server.wait()}) running {module}")
+    reply = json.loads(reply)
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *args], reply["returncode"], reply["stdout"],
+                                       reply["stderr"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_command_servers():
+    yield
+    for server in _command_servers.values():
+        server.stdin.close()
+        server.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -4,22 +4,16 @@ import dataclasses
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
-from conftest import command_env
+from conftest import REPO, run_command
 
 from scaling.config import MeshConfig
 from scaling.models.registry import model_config
 from scaling.train.loop import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def test_accelerator_suite_runs_every_section(tmp_path):
-    env = command_env()
-    result = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_suite", "--tiny", "--out", str(tmp_path)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = run_command("benchmarks.accelerator_suite", "--tiny", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (tmp_path / "suite.jsonl").read_text().splitlines()]
     sections = {row["section"] for row in rows}
@@ -57,9 +51,8 @@ def test_a_failing_section_is_recorded_and_the_next_one_runs(tmp_path, monkeypat
 def test_input_pipeline_benchmark_feeds_the_train_step(tmp_path):
     """The loader's batches go into the compiled step (sharding, dtypes and shapes agree) and both
     feeds are timed."""
-    result = subprocess.run([sys.executable, "-m", "benchmarks.input_pipeline", "--tokenizers", "bytes", "--steps", "2",
-                             "--seq_len", "64", "--batch_size", "4", "--fed_step", "--fed_rounds", "1", "--cache_dir",
-                             str(tmp_path)], cwd=REPO, env=command_env(), capture_output=True, text=True, timeout=600)
+    result = run_command("benchmarks.input_pipeline", "--tokenizers", "bytes", "--steps", "2", "--seq_len", "64",
+                         "--batch_size", "4", "--fed_step", "--fed_rounds", "1", "--cache_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     loader, fed = (json.loads(line) for line in result.stdout.splitlines())
     assert loader["tokens_per_s_per_host"] > 0 and loader["bytes_per_token"] == 1.0
@@ -68,10 +61,8 @@ def test_input_pipeline_benchmark_feeds_the_train_step(tmp_path):
 
 def test_packing_benchmark_packs_the_split_each_round(tfds_text, tmp_path):
     """Every round packs the whole TFDS training split again (nothing cached) and checks its stream."""
-    result = subprocess.run([sys.executable, "-m", "benchmarks.packing", "--data", tfds_text.name, "--data_dir",
-                             tfds_text.data_dir, "--tokenizer", "bytes", "--workers", "0", "--rounds", "2",
-                             "--cache_dir", str(tmp_path)], cwd=REPO, env=command_env(), capture_output=True, text=True,
-                            timeout=600)
+    result = run_command("benchmarks.packing", "--data", tfds_text.name, "--data_dir", tfds_text.data_dir,
+                         "--tokenizer", "bytes", "--workers", "0", "--rounds", "2", "--cache_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     expected_tokens = 1 + sum(len(text) + 1 for text in tfds_text.documents["train"])
@@ -88,9 +79,8 @@ def test_sampling_speed_compares_trained_runs(tmp_path, tiny_train):
     runs = [str(tmp_path / arch) for arch in ("gpt", "mod")]
     for arch, run_dir in zip(("gpt", "mod"), runs):
         train(model_config(arch, **shape), train_cfg, MeshConfig(), run_dir, max_steps=2)
-    result = subprocess.run([sys.executable, "-m", "benchmarks.sampling_speed", "--runs", ",".join(runs),
-                             "--num_tokens", "4", "--rounds", "1", "--temperature", "0.8"], cwd=REPO, env=command_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = run_command("benchmarks.sampling_speed", "--runs", ",".join(runs), "--num_tokens", "4", "--rounds", "1",
+                         "--temperature", "0.8")
     assert result.returncode == 0, result.stderr
     gpt, mod = (json.loads(line) for line in result.stdout.splitlines())
     assert gpt["time_ratio"] == 1.0 and gpt["routed_frac"] is None and gpt["routed_frac_held_out"] is None

@@ -5,15 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import command_env
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(module, *args, devices=1):
-    env = command_env(devices)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+from conftest import REPO, command_env
+from conftest import run_command as run
 
 
 def assert_usage_error(result, flag):

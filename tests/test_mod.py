@@ -1,9 +1,6 @@
 """Mixture-of-Depths and MoDE (REFERENCE.md section 4): routing properties, each public-implementation
 pitfall made impossible, sharding, FLOPs, causal routing, bad input."""
 import json
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -12,7 +9,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from conftest import command_env
+from conftest import run_command
 from test_flops import compiled_step_flops
 from test_sharding import train_on_mesh
 
@@ -28,7 +25,6 @@ from scaling.train.loop import train
 from scaling.train.run import Run
 from scaling.train.steps import token_cross_entropy
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = model_config("mod", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=32, mod_capacity=0.25)
 K = routed_tokens(0.25, 32)
 
@@ -253,10 +249,8 @@ def test_bad_mod_options_are_usage_errors(change, flag):
     (["--arch", "mod", "--mod_capacity", "0.001"], "--mod_capacity"),
 ])
 def test_cli_refuses_bad_mod_flags_with_one_line_and_nothing_written(tmp_path, args, flag):
-    env = command_env()
     workdir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "experiments.train", *args, "--workdir", str(workdir)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = run_command("experiments.train", *args, "--workdir", str(workdir))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and flag in lines[0], result.stderr
     assert not workdir.exists()

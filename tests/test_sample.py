@@ -1,21 +1,17 @@
 """Incremental decoding equals the full parallel pass; sampling options; the sample entry point."""
 import dataclasses
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import command_env
+from conftest import run_command
 
 from scaling.config import MeshConfig
 from scaling.models.registry import get_architecture, model_config
 from scaling.sample import Decoder, choose, sample
 from scaling.train.loop import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTH, PREFILL = 12, 5
 
 CONFIGS = {
@@ -91,9 +87,7 @@ def test_top_k_only_draws_among_the_k_largest():
 
 
 def run_sample(*args):
-    env = command_env()
-    return subprocess.run([sys.executable, "-m", "experiments.sample", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_command("experiments.sample", *args)
 
 
 def test_sample_entry_point(tmp_path, tiny_train):

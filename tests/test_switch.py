@@ -1,12 +1,9 @@
 """The `switch` architecture: expert parallelism over the mesh, FLOP accounting, stack layout, bad input."""
-import subprocess
-import sys
-
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import command_env
+from conftest import run_command
 from test_flops import compiled_step_flops
 from test_sharding import tiny_run
 
@@ -131,13 +128,9 @@ def test_bad_moe_options_are_usage_errors(change, flag):
 
 def test_cli_refuses_bad_expert_count_with_one_line_and_nothing_written(tmp_path):
     workdir = tmp_path / "run"
-    env = command_env(8)
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "--arch", "switch", "--d_model", "32", "--n_layers", "2",
-         "--n_heads", "2", "--num_experts", "6", "--mesh", "data=2,expert=4", "--batch_size", "8",
-         "--data", "synthetic", "--workdir", str(workdir)],
-        capture_output=True, text=True, env=env,
-    )
+    result = run_command("experiments.train", "--arch", "switch", "--d_model", "32", "--n_layers", "2", "--n_heads",
+                         "2", "--num_experts", "6", "--mesh", "data=2,expert=4", "--batch_size", "8", "--data",
+                         "synthetic", "--workdir", str(workdir), devices=8)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --num_experts: 6 is not divisible by the expert mesh axis 4"]
     assert not workdir.exists()

@@ -1,15 +1,12 @@
 """TransNormerLLM: decays per REFERENCE.md section 5, scan == unroll, sharded == unsharded, FLOP count."""
 import dataclasses
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import command_env
+from conftest import run_command
 from test_flops import compiled_step_flops
 from test_sharding import train_on_mesh
 
@@ -19,8 +16,6 @@ from scaling.models.registry import get_architecture, model_config
 from scaling.models.tnl import TNL, alibi_slopes, layer_decays
 from scaling.nn.lrpe import LRPE
 from scaling.nn.stack import layer_params, stack_params
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +109,8 @@ def test_flops_are_linear_in_sequence_length(tnl_model):
                                         (["--d_model", "66", "--n_heads", "2", "--lrpe"], "--n_heads"),
                                         (["--lightning_form", "quadratic"], "--lightning_form")])
 def test_bad_tnl_flags_are_one_line_and_exit_2(tmp_path, args, flag):
-    env = command_env()
     workdir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "experiments.train", "--arch", "tnl", *args, "--workdir", str(workdir)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = run_command("experiments.train", "--arch", "tnl", *args, "--workdir", str(workdir))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and flag in lines[0], result.stderr
     assert not workdir.exists()
