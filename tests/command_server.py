@@ -4,8 +4,9 @@ the ~3 s that a fresh process spends importing jax, flax, orbax and grain is spe
 
 One JSON list [module, *args] per line on stdin; one JSON object {"returncode", "stdout", "stderr"}
 per line on stdout. Start it in the environment the commands should see, with the repository as the
-working directory. Nothing here starts a jax backend or a thread, so each command's process starts
-its own, as a fresh one would (XLA_FLAGS are read then).
+working directory. Nothing here starts a jax backend or a Python thread, so each command's process
+starts its own, as a fresh one would (XLA_FLAGS are read then); the one native thread, OpenBLAS's
+(numpy's), is shut down by OpenBLAS before a fork and started again where it is next used.
 """
 import importlib
 import json
