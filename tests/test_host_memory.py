@@ -1,16 +1,13 @@
 """scaling/host_memory.py: an XLA:CPU computation with temporaries larger than a thread's malloc arena
 reuses their pages from call to call instead of faulting them in anew."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from conftest import REPO, command_env
 
 from scaling import host_memory
-from tests.conftest import command_env
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAULTS_PER_CALL = """
 import json, resource, sys

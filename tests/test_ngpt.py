@@ -1,6 +1,5 @@
 """nGPT (REFERENCE.md section 2): unit norms after init and training, scaled vectors, sharding, FLOPs."""
 import dataclasses
-import os
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import command_env
+from conftest import REPO, command_env
 from test_flops import compiled_step_flops
 from test_sharding import tiny_run, train_on_mesh
 
@@ -21,7 +20,6 @@ from scaling.sample import Decoder
 
 CFG = ModelConfig(arch="ngpt", vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, seq_len=32)
 STEPS = 4
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def keys_of(path) -> list[str]:

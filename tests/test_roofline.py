@@ -1,14 +1,13 @@
 """The roofline estimate reads FLOPs and bytes off optimized HLO: exact on small programs, the analytic
 count on a scanned train step (XLA's own cost analysis counts a loop body once); its command estimates
 a compile-only H100's step, or says in one line what it needs."""
-import os
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import command_env
+from conftest import REPO, command_env
 
 from scaling import hardware, roofline, sharding
 from scaling.config import MeshConfig, ModelConfig, TrainConfig
@@ -63,9 +62,8 @@ def test_scanned_train_step_holds_the_analytic_flops():
 
 
 def test_command_estimates_a_gpu_step_or_names_what_it_needs():
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-m", "benchmarks.roofline", "--size", "125M", "--seq_len", "1024"],
-                            cwd=repo, env=command_env(), capture_output=True, text=True, timeout=600)
+                            cwd=REPO, env=command_env(), capture_output=True, text=True, timeout=600)
     if hardware.compile_only_devices(hardware.ACCELERATORS["h100"], 1) is None:
         assert result.returncode == 2 and result.stderr.startswith("error: --target needs jax's CUDA plugin")
         assert len(result.stderr.strip().splitlines()) == 1
