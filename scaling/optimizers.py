@@ -1,4 +1,9 @@
-"""Optimizer recipes. Each returns (optax transformation, learning-rate schedule) for a run of `total_steps`."""
+"""Optimizer recipes. Each returns (optax transformation, learning-rate schedule) for a run of `total_steps`
+at a peak learning rate of 1: the train step scales the updates by the run's peak rate, an array of the
+train state (scaling/train/steps.py), so that a learning-rate search compiles one step, not one a rate.
+optax's optimizers apply the rate last, to the whole update (decoupled weight decay included), so a
+recipe at peak 1 scaled by the rate makes the updates the same recipe makes at that rate.
+"""
 import jax
 import optax
 
@@ -11,10 +16,10 @@ def decay_mask(params):
 
 
 def warmup_cosine(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
-    """Linear warmup over `warmup_frac` of the run, then cosine decay to 0 at `total_steps`."""
+    """Linear warmup to 1 over `warmup_frac` of the run, then cosine decay to 0 at `total_steps`."""
     warmup = max(1, round(cfg.warmup_frac * total_steps)) if cfg.warmup_frac > 0 else 0
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1)
+        init_value=0.0, peak_value=1.0, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1)
     )
 
 

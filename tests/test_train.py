@@ -6,12 +6,15 @@ import os
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from scaling import compiler, data, hardware, sample, sharding
-from scaling.config import MeshConfig, UsageError
+from scaling import compiler, data, hardware, optimizers, sample, sharding
+from scaling.config import MeshConfig, TrainConfig, UsageError
+from scaling.models.registry import get_architecture
 from scaling.train import checkpoints, loop
 from scaling.train.loop import train
 from scaling.train.run import Run
@@ -127,6 +130,43 @@ def test_refuses_a_run_written_by_the_previous_layout(tiny_model, tiny_train, tm
     with pytest.raises(UsageError, match=f"--workdir: {run_dir} was written by an earlier version"):
         train(tiny_model, tiny_train, MeshConfig(), str(run_dir))
     assert sorted(os.listdir(run_dir)) == ["config.json"]
+
+
+def test_runs_differing_only_in_learning_rate_and_seed_share_one_compiled_step(tiny_model, tiny_train):
+    """The peak learning rate and the seed are arrays of the train state, not constants of the step, so
+    a learning-rate search and its seeds compile one step (one compilation cache entry) for a shape."""
+    mesh = sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    runs = [Run(tiny_model, dataclasses.replace(tiny_train, learning_rate=rate, seed=seed), mesh)
+            for rate, seed in ((1e-2, 0), (3e-3, 7))]
+    assert len({run.train_step().lower(run.abstract_state, run.batch_spec(), None).as_text() for run in runs}) == 1
+    states = [run.init_state() for run in runs]
+    np.testing.assert_allclose([s.learning_rate for s in states], [1e-2, 3e-3], rtol=1e-7)
+    assert [int(s.seed) for s in states] == [0, 7]
+    first, other = (s.params["embed"]["embedding"] for s in states)
+    assert not np.allclose(first, other)
+
+
+@pytest.mark.parametrize("arch, reference", [
+    ("gpt", lambda cfg, steps, rate: optax.adamw(
+        optax.warmup_cosine_decay_schedule(0.0, rate, round(cfg.warmup_frac * steps), steps), b1=cfg.b1, b2=cfg.b2,
+        eps=cfg.eps, weight_decay=cfg.weight_decay, mask=optimizers.decay_mask)),
+    ("ngpt", lambda cfg, steps, rate: optax.adam(optax.cosine_decay_schedule(rate, steps), b1=cfg.b1, b2=cfg.b2,
+                                                 eps=cfg.eps)),
+])
+def test_a_recipe_at_peak_rate_one_scaled_by_the_rate_updates_as_the_recipe_at_that_rate(arch, reference):
+    """What lets the train step hold the rate as an array: optax applies it last, to the whole update."""
+    cfg, steps, rate = TrainConfig(grad_clip=0.5), 20, 3e-3
+    tx, _ = get_architecture(arch).optimizer(cfg, steps)
+    expected = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), reference(cfg, steps, rate))
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones(4)}
+    state, expected_state = tx.init(params), expected.init(params)
+    for step in range(4):
+        grads = jax.tree.map(lambda p: jnp.sin(p * (step + 2.0)), params)
+        updates, state = tx.update(grads, state, params)
+        expected_updates, expected_state = expected.update(grads, expected_state, params)
+        for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(expected_updates)):
+            np.testing.assert_allclose(rate * got, want, rtol=1e-6, atol=1e-9)
+        params = optax.apply_updates(params, expected_updates)
 
 
 @pytest.mark.parametrize("avx512", [False, True])

@@ -171,7 +171,7 @@ def optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransfo
 
     `warmup_frac` and `weight_decay` are ignored: the unit-norm constraint replaces both.
     """
-    schedule = optax.cosine_decay_schedule(cfg.learning_rate, max(total_steps, 1))
+    schedule = optax.cosine_decay_schedule(1.0, max(total_steps, 1))
     tx = optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
         optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),

@@ -31,7 +31,8 @@ class Architecture:
     """One architecture: its model and counts, and the hooks the generic code calls.
 
     options: its ArchOptions subclass (fields become flags; min_layers bounds the size family).
-    optimizer: (TrainConfig, total steps) -> (optax transformation, schedule).
+    optimizer: (TrainConfig, total steps) -> (optax transformation, schedule), both at a peak learning
+        rate of 1 (the train step scales the updates by the run's; scaling/optimizers.py).
     post_step: params -> params after every optimizer step and at init (nGPT's renormalisation).
     check_mesh: (mesh, config, batch size) -> None, a UsageError if the layout does not divide.
     distillation: how its runs seed a dense student (experiments/distill.py), or None.

@@ -30,6 +30,8 @@ class Run:
     left to fit the device memory resolve here to none (remat auto) and one microbatch (0);
     scaling/train/fitting.py chooses them against a device's memory instead. The scan over the layers
     is unrolled or not as the mesh's platform prefers unless told (scaling/nn/stack.py `unrolls`).
+    The peak learning rate and the seed are arrays of the train state, not constants of the compiled
+    step: runs that differ only in them share one step and its compilation cache entry.
     """
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, mesh: Mesh, *, loss: Loss | None = None,
@@ -53,13 +55,14 @@ class Run:
         self.loss = loss or LMLoss()
         self.total_steps = total_steps or train_cfg.steps(model_cfg.seq_len)
         self.model = self.arch.model(model_cfg)
-        self.tx, self.schedule = self.arch.optimizer(train_cfg, self.total_steps)
-        self.abstract_state, self.shardings = abstract_state(self.model, self.tx, model_cfg, train_cfg.seed, mesh)
+        self.tx, unit_schedule = self.arch.optimizer(train_cfg, self.total_steps)
+        self.schedule = lambda step: train_cfg.learning_rate * unit_schedule(step)
+        self.abstract_state, self.shardings = abstract_state(self.model, self.tx, model_cfg, mesh)
 
     def init_state(self, init_from: Callable | None = None):
         """A fresh state born in its shards; `init_from` (optional) maps the fresh parameters to others."""
-        state = create_state(self.model, self.tx, self.model_cfg, self.train_cfg.seed, self.shardings, self.mesh,
-                             self.arch.post_step)
+        state = create_state(self.model, self.tx, self.model_cfg, self.train_cfg.learning_rate, self.train_cfg.seed,
+                             self.shardings, self.mesh, self.arch.post_step)
         if init_from is None:
             return state
         # Copies: the state is donated to every step, and init_from may return arrays the caller keeps.
@@ -81,8 +84,7 @@ class Run:
         in and out (state donated), the batch over the data axes and the platform's compile options."""
         frozen_shardings = jax.tree.map(lambda x: x.sharding, self.loss.frozen)
         return jax.jit(
-            make_train_step(self.model, self.tx, self.train_cfg.seed, self.loss, self.arch.post_step,
-                            self.train_cfg.microbatches),
+            make_train_step(self.model, self.tx, self.loss, self.arch.post_step, self.train_cfg.microbatches),
             in_shardings=(self.shardings, sharding.batch_sharding(self.mesh), frozen_shardings),
             out_shardings=(self.shardings, sharding.replicated(self.mesh)),
             donate_argnums=0,

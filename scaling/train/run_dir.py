@@ -20,7 +20,7 @@ from scaling.train.metrics import is_local, make_parent
 from scaling.train.run import Run
 
 # Version of the parameter and config layout; runs written by another layout are refused, not mixed.
-LAYOUT = 2
+LAYOUT = 3
 
 
 def run_config(run: Run, mesh_cfg: MeshConfig, extra: dict | None = None) -> dict:

@@ -66,9 +66,13 @@ def split_microbatches(x: jax.Array, microbatches: int) -> jax.Array:
     return nn.with_logical_constraint(rows, (None, "batch") + (None,) * (x.ndim - 1))
 
 
-def make_train_step(model, tx: optax.GradientTransformation, seed: int, loss: Loss,
-                    post_step: Callable | None = None, microbatches: int = 1):
+def make_train_step(model, tx: optax.GradientTransformation, loss: Loss, post_step: Callable | None = None,
+                    microbatches: int = 1):
     """(state, batch, frozen) -> (state, metrics): one optimizer step, then the architecture's post-step hook.
+
+    `tx` makes the updates of a peak learning rate of 1 (scaling/optimizers.py); the step scales them by
+    the state's learning rate and draws its randomness from the state's seed and step, so that neither
+    is a constant of the compiled program.
 
     With `microbatches` m > 1 the gradient is accumulated (in float32, a lax.scan) over m slices of the
     batch and averaged, as are the metrics: the same step as the whole batch when every slice holds
@@ -92,15 +96,16 @@ def make_train_step(model, tx: optax.GradientTransformation, seed: int, loss: Lo
         return jax.tree.map(lambda x: x / microbatches, total)
 
     def train_step(state: TrainState, batch, frozen):
-        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        rng = jax.random.fold_in(jax.random.key(state.seed), state.step)
         step_gradients = gradients if microbatches == 1 else accumulated
         grads, metrics = step_gradients(state.params, batch, frozen, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: u * state.learning_rate.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         if post_step is not None:
             params = post_step(params)
         metrics["grad_norm"] = optax.tree.norm(grads)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
 
