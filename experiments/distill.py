@@ -23,7 +23,7 @@ from etils import epath
 
 from experiments import cli
 from scaling import sharding
-from scaling.config import MeshConfig, TrainConfig, UsageError
+from scaling.config import MeshConfig, ModelConfig, TrainConfig, UsageError
 from scaling.models.registry import model_config_from_dict
 from scaling.train import checkpoints
 from scaling.train.evaluation import Evaluator
@@ -70,27 +70,35 @@ def load_run(run_dir: str, mesh, flag: str) -> Run:
     return run
 
 
+def left_to_fit(model_cfg: ModelConfig) -> ModelConfig:
+    """`model_cfg` with the settings its run fitted to its devices (remat, unrolled layers) left to fit
+    again: the student is fitted to its own memory, and compared with the baseline by its shape."""
+    return model_cfg.replace(remat="auto", unroll_layers=None)
+
+
 def distill(teacher_dir: str, baseline_dir: str, workdir: str, mesh_cfg: MeshConfig, log_every: int = 10,
-            max_steps: int | None = None) -> dict | None:
+            max_steps: int | None = None, device_memory_gib: float | None = None) -> dict | None:
     """Trains the dense student (see the module docstring) and returns its summary merged with
-    distillation.json; with `max_steps`, stops there with a checkpoint and returns None."""
+    distillation.json; with `max_steps`, stops there with a checkpoint and returns None. Its remat and
+    microbatches are fitted to `device_memory_gib` (default: what the device reports)."""
     mesh = sharding.make_mesh(mesh_cfg)
     teacher = load_run(teacher_dir, mesh, "--teacher")
     distillation = teacher.arch.distillation
     if distillation is None:
         raise UsageError("--teacher", f"{teacher_dir} is a {teacher.arch.name} run, which has no dense student; "
                                       "give a run of an architecture with experts")
-    student_cfg = distillation.student_config(teacher.model_cfg)
+    student_cfg = left_to_fit(distillation.student_config(teacher.model_cfg))
     baseline = load_run(baseline_dir, mesh, "--baseline")
-    if baseline.model_cfg != student_cfg:
+    if left_to_fit(baseline.model_cfg) != student_cfg:
         raise UsageError("--baseline", f"{baseline_dir} is not a {student_cfg.arch} of the teacher's shape; "
                                        "train one with its flags")
-    train_cfg = dataclasses.replace(teacher.train_cfg, log_every=log_every)
+    train_cfg = dataclasses.replace(teacher.train_cfg, log_every=log_every, microbatches=0)
     summary = train(
         student_cfg, train_cfg, mesh_cfg, workdir, max_steps=max_steps,
         loss=DistillationLoss(teacher.model, teacher.params),
         init_from=lambda fresh: distillation.student_params(teacher.model_cfg, teacher.params, student_cfg, fresh),
         extra_config={"distillation": {"teacher": absolute(teacher_dir), "soft_weight": SOFT_WEIGHT}},
+        device_memory_gib=device_memory_gib,
     )
     if not summary["complete"]:
         return None
@@ -121,7 +129,8 @@ def main(argv) -> None:
     del argv
     FLAGS = flags.FLAGS
     cli.keep_compiled(FLAGS.workdir)
-    summary = distill(FLAGS.teacher, FLAGS.baseline, FLAGS.workdir, cli.mesh_config(), FLAGS.log_every)
+    summary = distill(FLAGS.teacher, FLAGS.baseline, FLAGS.workdir, cli.mesh_config(), FLAGS.log_every,
+                      device_memory_gib=cli.device_memory_gib())
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))
 

@@ -24,10 +24,12 @@ from etils import epath
 
 from experiments import cli
 from scaling import analysis, benchmark, sharding
-from scaling.config import UsageError
-from scaling.models.registry import ARCHITECTURES
+from scaling.config import MeshConfig, TrainConfig, UsageError
+from scaling.models.registry import ARCHITECTURES, model_config_from_dict
+from scaling.train import fitting
 from scaling.train.loop import train
-from scaling.train.run_dir import write_file
+from scaling.train.run import Run
+from scaling.train.run_dir import read_config, write_file
 
 flags.DEFINE_string("baseline", "gpt", "Architecture of the control.")
 flags.DEFINE_string("variant", "ngpt", "Architecture compared against the baseline.")
@@ -127,7 +129,7 @@ def run_name(arch: str, options: dict, train_cfg) -> str:
         f"-seed{train_cfg.seed}" if train_cfg.seed else "")
 
 
-def run_side(runs, options, workdir, mesh_cfg) -> dict:
+def run_side(runs, options, workdir, mesh_cfg, memory_gib) -> dict:
     """Trains (or resumes) every learning rate and seed of one side (its model flags `options` beside the
     shared ones); returns the best learning rate (the lowest mean final loss over the seeds) with its
     runs, and the sweep of mean losses.
@@ -137,7 +139,7 @@ def run_side(runs, options, workdir, mesh_cfg) -> dict:
     by_lr = {}
     for model_cfg, train_cfg in runs:
         run_dir = os.path.join(workdir, "runs", run_name(model_cfg.arch, options, train_cfg))
-        summary = train(model_cfg, train_cfg, mesh_cfg, run_dir)
+        summary = train(model_cfg, train_cfg, mesh_cfg, run_dir, device_memory_gib=memory_gib)
         losses = {f"final_{key}": _finite(summary[f"final_{key}"]) for key in ("eval_loss", "eval_causal_loss")}
         by_lr.setdefault(train_cfg.learning_rate, []).append({"seed": train_cfg.seed, "run_dir": run_dir, **losses})
     mean = lambda rows, key: float(np.mean([row[key] for row in rows]))
@@ -148,25 +150,36 @@ def run_side(runs, options, workdir, mesh_cfg) -> dict:
     return {"arch": model_cfg.arch, "options": options, "label": label(model_cfg.arch, options),
             "learning_rate": best_lr, "run_dir": rows[0]["run_dir"],
             **{key: mean(rows, key) for key in ("final_eval_loss", "final_eval_causal_loss")}, "seeds": rows,
-            "params": ARCHITECTURES[model_cfg.arch].counts(model_cfg).params, "model": model_cfg, "sweep": sweep,
+            "params": ARCHITECTURES[model_cfg.arch].counts(model_cfg).params, "sweep": sweep,
             "best_at_grid_edge": edge}
 
 
-def step_times(model_cfgs, mesh_cfg) -> list[float]:
-    """Median train-step seconds of each model, timed side by side (alternating steps) in this process."""
-    timed = benchmark.time_train_steps(model_cfgs, FLAGS.batch_size, mesh_cfg, steps=5 * FLAGS.timing_rounds)
+def as_trained(run_dir: str) -> fitting.Fit:
+    """A run directory's run with the remat, microbatches and mesh it last trained with (config.json):
+    the program it trained with, loaded from the compilation cache."""
+    config = read_config(run_dir)
+    mesh_cfg = MeshConfig(**config["mesh"])
+    run = Run(model_config_from_dict(config["model"]), TrainConfig(**config["train"]), sharding.make_mesh(mesh_cfg))
+    return fitting.Fit(run, mesh_cfg, None)
+
+
+def step_times(run_dirs: list[str]) -> list[float]:
+    """Median train-step seconds of each run as it trained, timed side by side (alternating steps) in
+    this process."""
+    timed = benchmark.time_fits([as_trained(run_dir) for run_dir in run_dirs], steps=5 * FLAGS.timing_rounds)
     return [t["step_s"] for t in timed]
 
 
-def report(base, var, mesh_cfg) -> dict:
+def report(base, var) -> dict:
     """The curves.json content: setup, both sides, step times, and the speedup curves with summaries.
 
-    Wall time is steps x the step time measured side by side here (steady state: no compilation,
-    no evals, and the same machine load for both), not the runs' own clocks, which other jobs disturb.
+    Wall time is steps x the step time of each side's best run, measured side by side here (steady
+    state: no compilation, no evals, and the same machine load for both), not the runs' own clocks,
+    which other jobs disturb.
     """
     (bx, by), (vx, vy) = (analysis.mean_eval_curve([analysis.load_metrics(run["run_dir"]) for run in side["seeds"]],
                                                    loss_key=FLAGS.metric) for side in (base, var))
-    base_s, var_s = step_times([base.pop("model"), var.pop("model")], mesh_cfg)
+    base_s, var_s = step_times([base["run_dir"], var["run_dir"]])
     curves = {"steps": analysis.speedup_curve(bx, by, vx, vy, smooth=FLAGS.smooth),
               "wall": analysis.speedup_curve(bx * base_s, by, vx * var_s, vy, smooth=FLAGS.smooth)}
     train_cfg = cli.train_config()
@@ -205,8 +218,9 @@ def main(argv) -> None:
     arch_pair = "-".join(arch for arch, _ in models.values())
     workdir = FLAGS.workdir or f"runs/speedup-{arch_pair}-T{probe.seq_len}"
     cli.keep_compiled(workdir)
-    base, var = (run_side(runs[side], models[side][1], workdir, mesh_cfg) for side in SIDES)
-    result = report(base, var, mesh_cfg)
+    memory_gib = cli.device_memory_gib()
+    base, var = (run_side(runs[side], models[side][1], workdir, mesh_cfg, memory_gib) for side in SIDES)
+    result = report(base, var)
     if jax.process_index() == 0:
         write_file(epath.Path(workdir) / "curves.json", json.dumps(result, indent=1))
         image = io.BytesIO()

@@ -69,6 +69,13 @@ def test_distillation_reports_the_kept_fraction(runs):
         distill(str(root / "switch"), str(root / "switch"), str(root / "other"), MESH)
 
 
+def test_the_student_is_fitted_to_the_device_memory_given(runs):
+    root, _, _ = runs
+    with pytest.raises(UsageError, match="--batch_size: run small needs"):
+        distill(str(root / "switch"), str(root / "gpt"), str(root / "small"), MESH, device_memory_gib=1e-6)
+    assert not os.path.exists(root / "small" / "metrics.jsonl")
+
+
 def test_interrupted_distillation_resumes_to_the_same_student(runs):
     root, _, _ = runs
     teacher, baseline, workdir = str(root / "switch"), str(root / "gpt"), root / "resumed"

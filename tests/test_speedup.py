@@ -39,6 +39,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, flag):
     assert not workdir.exists()
 
 
+def test_runs_are_fitted_to_the_device_memory_given(tmp_path):
+    """--device_memory_gib reaches every run's fitting: too little for its least-memory setting is the
+    fitting's one line, before anything trains."""
+    workdir = tmp_path / "speedup"
+    result = run("experiments.speedup", *TINY, "--nolr_sweep", "--device_memory_gib", "1e-6", "--workdir", str(workdir))
+    assert_usage_error(result, "--batch_size")
+    assert "run gpt-lr0.003 needs" in result.stderr and not list(workdir.glob("runs/*/metrics.jsonl"))
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished two-point LR sweep per side, run twice (the second time resumes from finished runs)."""
