@@ -212,13 +212,12 @@ def main(argv) -> None:
     del argv
     models = side_models()
     lrs = learning_rates()
-    mesh_cfg = cli.mesh_config()
+    mesh_cfg, memory_gib = cli.mesh_config(), cli.device_memory_gib()
     runs = plan_runs(models, lrs, mesh_cfg)
     probe = runs["baseline"][0][0]
     arch_pair = "-".join(arch for arch, _ in models.values())
     workdir = FLAGS.workdir or f"runs/speedup-{arch_pair}-T{probe.seq_len}"
     cli.keep_compiled(workdir)
-    memory_gib = cli.device_memory_gib()
     base, var = (run_side(runs[side], models[side][1], workdir, mesh_cfg, memory_gib) for side in SIDES)
     result = report(base, var)
     if jax.process_index() == 0:
