@@ -464,6 +464,18 @@ def test_tfds_dataset_not_prepared_says_how_to_prepare_it(tfds_text, tmp_path):
     assert f"tfds build scaling_tiny_text --data_dir {tmp_path}" in str(error.value)
 
 
+def test_tfds_dataset_prepared_as_tfrecord_says_how_to_prepare_it_for_random_access(tfds_text, tmp_path):
+    """A copy of the prepared dataset recorded as TFRecord in its dataset_info.json (writing TFRecord
+    files takes TensorFlow, which the tests do not install; the check reads the recorded format)."""
+    shutil.copytree(os.path.join(tfds_text.data_dir, "scaling_tiny_text"), tmp_path / "scaling_tiny_text")
+    info = next((tmp_path / "scaling_tiny_text").glob("*/dataset_info.json"))
+    info.write_text(json.dumps({**json.loads(info.read_text()), "fileFormat": "tfrecord"}))
+    with pytest.raises(UsageError) as error:
+        data.make_source(tfds_text.name, "train", 16, data_dir=str(tmp_path))
+    assert error.value.flag == "--data" and "\n" not in str(error.value) and "without random access" in str(error.value)
+    assert f"tfds build scaling_tiny_text --data_dir {tmp_path} --file_format array_record" in str(error.value)
+
+
 @pytest.mark.parametrize("text_key, named", [("body", "id, text, title"), ("id", "not text")])
 def test_tfds_text_key_must_be_a_text_feature(tfds_text, tmp_path, text_key, named):
     with pytest.raises(UsageError) as error:
