@@ -4,7 +4,9 @@ Plans --num_sizes model sizes per architecture around the expected compute-optim
 plan with an estimated wall time measured on the current devices, then (unless --dry_run) trains
 every run, resumably, and writes results.jsonl, fits.json and isoflop.png into --workdir.
 The sweep picks each run's tokens, batch size (up to 512 sequences) and learning rate (Kaplan et al.'s
-rule per size); --batch_size and --learning_rate given explicitly apply to every run instead. Each
+rule per size); --batch_size and --learning_rate given explicitly apply to every run instead. The
+sizes and each run's tokens and evals are the sweep's to choose: --size, the shape flags (--d_model,
+--n_layers, --n_heads, --d_ff), --tokens, --eval_every and --eval_batches are refused. Each
 run's remat and microbatches are fitted to the device memory (--device_memory_gib, or what the device
 reports) by compiling its train step (--dry_run too) and shown in the plan.
 """
@@ -48,6 +50,15 @@ cli.define_common_flags()
 FLAGS = flags.FLAGS
 FLAGS.set_default("seq_len", 1024)  # the papers' context; the sweep contract (DESIGN.md)
 DAY = 86400.0
+CHOSEN_PER_RUN = ("size", "d_model", "n_layers", "n_heads", "d_ff", "tokens", "eval_every", "eval_batches")
+
+
+def check_not_given_per_run() -> None:
+    """UsageError for a flag whose value the sweep chooses for each run (it would be silently replaced)."""
+    given = [name for name in CHOSEN_PER_RUN if cli.given(name)]
+    if given:
+        raise UsageError(f"--{given[0]}", "is chosen for each run by the sweep (sizes around each budget's "
+                                          "optimum, tokens = budget / FLOPs per token); drop it")
 
 
 def budgets() -> list[float]:
@@ -102,6 +113,7 @@ def planning_compiler(accelerator, devices) -> str:
 
 def main(argv) -> None:
     del argv
+    check_not_given_per_run()
     archs = [a for a in FLAGS.archs.split(",") if a]
     unknown = [a for a in archs if a not in ARCHITECTURES]
     if not archs or unknown:

@@ -34,6 +34,8 @@ def assert_usage_error(result, flag):
         (["--budgets", "3e12,3e12"], "--budgets"),
         (["--budget", "1e13", "--seeds", "0"], "--seeds"),
         (["--budget", "1e13", "--lr_search", "2"], "--lr_search"),
+        (["--budget", "1e13", "--tokens", "100000"], "--tokens"),  # chosen per run: refused, not ignored
+        (["--budget", "1e13", "--d_model", "512"], "--d_model"),
     ],
 )
 def test_isoflop_bad_input(tmp_path, args, flag):
