@@ -7,10 +7,11 @@ the loss of the pass sampling takes instead (it differs only where training rout
 ones: mod, staged mode; the other side's eval loss is that already). Writes <workdir>/curves.json (both
 curves, speedup vs steps and vs wall time = steps x the step time measured side by side, the sweep) and speedup.png.
 Every run lives in <workdir>/runs/<arch>[-<name>=<value>...]-lr<lr>[-seed<seed>]/; re-running the same
-command resumes. The model is given as for experiments.train (--size or --d_model ...); --arch is not
-used. --baseline_options and --variant_options set model flags for one side only (the sides may then be
-one architecture: an ablation), e.g. --baseline switch --baseline_options capacity_factor=0.625
---variant mode --variant_options mode_variant=integrated,noop_experts=8.
+command resumes. The model is given as for experiments.train (--size or --d_model ...); --arch is
+refused (the sides are --baseline and --variant), as is --learning_rate without --nolr_sweep.
+--baseline_options and --variant_options set model flags for one side only (the sides may then be one
+architecture: an ablation), e.g. --baseline switch --baseline_options capacity_factor=0.625 --variant
+mode --variant_options mode_variant=integrated,noop_experts=8.
 """
 import io
 import json
@@ -58,6 +59,8 @@ SIDES = ("baseline", "variant")
 def side_models() -> dict[str, tuple[str, dict]]:
     """{side: (architecture, its --<side>_options)}, the architectures registered (the sides share the data:
     not seq_len)."""
+    if cli.given("arch"):
+        raise UsageError("--arch", "is not used: the sides' architectures are --baseline and --variant")
     for side in SIDES:
         if FLAGS[side].value not in ARCHITECTURES:
             raise UsageError(f"--{side}", f"unknown architecture {FLAGS[side].value!r}; "
@@ -75,7 +78,12 @@ def label(arch: str, options: dict) -> str:
 
 
 def learning_rates() -> list[float]:
-    """The sweep grid (sorted, distinct), or [--learning_rate] with --nolr_sweep."""
+    """The sweep grid (sorted, distinct), or [--learning_rate] with --nolr_sweep; the flag of the other
+    way is refused rather than ignored."""
+    unused = "learning_rate" if FLAGS.lr_sweep else "sweep_lrs"
+    if cli.given(unused):
+        needs = "--nolr_sweep" if FLAGS.lr_sweep else "--lr_sweep"
+        raise UsageError(f"--{unused}", f"is used only with {needs}; add {needs}, or drop --{unused}")
     if not FLAGS.lr_sweep:
         return [FLAGS.learning_rate]
     try:

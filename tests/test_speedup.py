@@ -24,6 +24,9 @@ TINY = ["--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "32
         (["--sweep_lrs", "1e-3,-1e-2"], "--sweep_lrs"),
         (["--seeds", "0"], "--seeds"),
         (["--device_memory_gib", "-1"], "--device_memory_gib"),
+        (["--learning_rate", "1e-2"], "--learning_rate"),  # used only with --nolr_sweep: refused, not ignored
+        (["--nolr_sweep", "--sweep_lrs", "1e-2,3e-2"], "--sweep_lrs"),
+        (["--arch", "ngpt"], "--arch"),
         (["--baseline_options", "nosuch=1"], "--baseline_options"),
         (["--variant_options", "n_layers"], "--variant_options"),
         (["--variant_options", "num_experts=8"], "--variant_options"),
@@ -32,8 +35,8 @@ TINY = ["--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "32
         (["--variant_options", "seq_len=64"], "--variant_options"),
     ],
     ids=["same", "unknown-variant", "unknown-baseline", "too-few-evals", "empty-sweep", "negative-lr", "no-seeds",
-         "negative-memory", "unknown-option", "no-value", "option-of-another-arch", "bad-value", "same-options",
-         "own-seq-len"],
+         "negative-memory", "unused-lr", "unused-sweep", "unused-arch", "unknown-option", "no-value",
+         "option-of-another-arch", "bad-value", "same-options", "own-seq-len"],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, flag):
     workdir = tmp_path / "speedup"
