@@ -23,7 +23,7 @@ from scaling.train import fitting
 
 cli.define_model_flags()
 cli.define_train_flags(("batch_size", "data", "tokenizer", "data_dir", "text_key"))
-cli.define_common_flags()
+cli.define_common_flags(("mesh", "device_memory_gib"))
 flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_bool("json", False, "Print one JSON object per line instead of a table.")

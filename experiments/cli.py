@@ -82,15 +82,22 @@ def define_train_flags(names: tuple[str, ...] | None = None) -> None:
     define_flags(TrainConfig, names)
 
 
-def define_common_flags() -> None:
-    flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1,expert=1", "Device mesh sizes; one entry may be -1 to fill.")
-    flags.DEFINE_string("workdir", None, "Output directory.")
-    flags.DEFINE_float("device_memory_gib", None, "Memory of one device to fit runs to (default: what the device "
-                                                  "reports; a CPU reports none and nothing is fitted).")
-    flags.DEFINE_string("compilation_cache", None, "Directory (local or gs://) keeping compiled steps, loaded instead "
-                                                   "of compiling them again when a run resumes (default: "
-                                                   "<workdir>/compilation_cache, or JAX_COMPILATION_CACHE_DIR where "
-                                                   "set; 'none': keep nothing; not used by bench).")
+def define_common_flags(names: tuple[str, ...] = ("mesh", "workdir", "device_memory_gib", "compilation_cache")):
+    """The device and output flags (all, or those in `names`: a command defines only the flags it uses,
+    so that absl refuses another rather than the command ignoring it)."""
+    if "mesh" in names:
+        flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1,expert=1", "Device mesh sizes; one entry may be -1 to "
+                                                                       "fill.")
+    if "workdir" in names:
+        flags.DEFINE_string("workdir", None, "Output directory.")
+    if "device_memory_gib" in names:
+        flags.DEFINE_float("device_memory_gib", None, "Memory of one device to fit runs to (default: what the "
+                                                      "device reports; a CPU reports none and nothing is fitted).")
+    if "compilation_cache" in names:
+        flags.DEFINE_string("compilation_cache", None, "Directory (local or gs://) keeping compiled steps, loaded "
+                                                       "instead of compiling them again when a run resumes "
+                                                       "(default: <workdir>/compilation_cache, or "
+                                                       "JAX_COMPILATION_CACHE_DIR where set; 'none': keep nothing).")
 
 
 def given(name: str) -> bool:

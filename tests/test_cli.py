@@ -94,6 +94,12 @@ def test_bench_json_reports_throughput_and_the_ratio_to_the_first_arch():
     assert switch["params"] > switch["active_params"] > gpt["params"]
 
 
+@pytest.mark.parametrize("flag", ["workdir", "compilation_cache"])
+def test_bench_has_no_flags_it_would_ignore(flag):
+    """bench writes nothing and keeps no compiled steps: those flags are unknown to it, not ignored."""
+    assert_usage_error(run("experiments.bench", f"--{flag}", "x"), f"flag '{flag}'")
+
+
 def test_a_command_imports_matplotlib_and_scipy_optimize_only_to_draw_or_fit():
     """They take ~2 s to import, which a command answering bad input should not spend."""
     code = "import sys, experiments.isoflop; print([m for m in ('matplotlib', 'scipy.optimize') if m in sys.modules])"
