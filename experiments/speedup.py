@@ -171,11 +171,11 @@ def as_trained(run_dir: str) -> fitting.Fit:
     return fitting.Fit(run, mesh_cfg, None)
 
 
-def step_times(run_dirs: list[str]) -> list[float]:
-    """Median train-step seconds of each run as it trained, timed side by side (alternating steps) in
-    this process."""
+def step_times(run_dirs: list[str]) -> list[dict]:
+    """Each run as it trained, timed side by side (alternating steps) in this process: its median
+    train-step seconds, and the remat and microbatches of the step timed."""
     timed = benchmark.time_fits([as_trained(run_dir) for run_dir in run_dirs], steps=5 * FLAGS.timing_rounds)
-    return [t["step_s"] for t in timed]
+    return [{key: t[key] for key in ("step_s", "remat", "microbatches")} for t in timed]
 
 
 def report(base, var) -> dict:
@@ -187,7 +187,8 @@ def report(base, var) -> dict:
     """
     (bx, by), (vx, vy) = (analysis.mean_eval_curve([analysis.load_metrics(run["run_dir"]) for run in side["seeds"]],
                                                    loss_key=FLAGS.metric) for side in (base, var))
-    base_s, var_s = step_times([base["run_dir"], var["run_dir"]])
+    base_timed, var_timed = step_times([base["run_dir"], var["run_dir"]])
+    base_s, var_s = base_timed.pop("step_s"), var_timed.pop("step_s")
     curves = {"steps": analysis.speedup_curve(bx, by, vx, vy, smooth=FLAGS.smooth),
               "wall": analysis.speedup_curve(bx * base_s, by, vx * var_s, vy, smooth=FLAGS.smooth)}
     train_cfg = cli.train_config()
@@ -200,7 +201,8 @@ def report(base, var) -> dict:
                   "metric": FLAGS.metric, "seeds": seeds()},
         "baseline": base,
         "variant": var,
-        "per_step_time": {"baseline_s": base_s, "variant_s": var_s, "overhead": var_s / base_s - 1.0},
+        "per_step_time": {"baseline_s": base_s, "variant_s": var_s, "overhead": var_s / base_s - 1.0,
+                          "timed": {"baseline": base_timed, "variant": var_timed}},
         "difference": paired_difference(base["seeds"], var["seeds"]),
         **curves,
         "summary": {key: analysis.summarize_speedup(curves[key]) for key in ("steps", "wall")},

@@ -106,7 +106,8 @@ def test_seeds_compare_mean_curves_and_report_the_difference_per_seed(tmp_path):
 def test_options_of_one_side_make_an_ablation(tmp_path):
     workdir = tmp_path / "speedup"
     result = run("experiments.speedup", *TINY, "--nolr_sweep", "--learning_rate", "1e-2", "--baseline", "gpt",
-                 "--variant", "gpt", "--variant_options", "n_layers=2, remat=full", "--workdir", str(workdir))
+                 "--variant", "gpt", "--variant_options", "n_layers=2, remat=full", "--microbatches", "2",
+                 "--workdir", str(workdir))
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in (workdir / "runs").iterdir())
     assert names == ["gpt-lr0.01", "gpt-n_layers=2-remat=full-lr0.01"]
@@ -116,6 +117,8 @@ def test_options_of_one_side_make_an_ablation(tmp_path):
     report = json.loads((workdir / "curves.json").read_text())
     assert report["variant"]["options"] == {"n_layers": 2, "remat": "full"} and report["baseline"]["options"] == {}
     assert report["variant"]["params"] > report["baseline"]["params"]
+    timed = report["per_step_time"]["timed"]  # the steps the runs trained with
+    assert timed == {"baseline": {"remat": "none", "microbatches": 2}, "variant": {"remat": "full", "microbatches": 2}}
     section = report_module.speedup_section(str(workdir))
     assert "| variant | gpt (n_layers=2, remat=full) |" in section and "| baseline | gpt |" in section
 
