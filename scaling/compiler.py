@@ -1,12 +1,12 @@
 """XLA compile options of the toolkit's train, eval and decode steps, chosen by the platform they compile for.
 
-XLA:CPU hands dots, reductions and elementwise fusions to YNNPACK by default (recent jaxlib). Which
-is faster depends on the CPU (benchmarks/README.md, CPU; train steps side by side in one process): on an
-AVX2-only AMD EPYC the steps of gpt, ngpt, switch and mod ran 8-15% faster (tnl 3%) on XLA's own
-kernels (Eigen matmuls, its loop fusions), where YNNPACK's batched attention dots ran at 65-75% of
-Eigen's rate; on an AMD EPYC with AVX-512 (Zen 5) YNNPACK's were 2-8% faster for all five. So x86
-CPUs with AVX2 and without AVX-512 get XLA's own kernels, and the others (AVX-512, or not measured,
-as Arm) XLA's default. Options this jaxlib does not know are left out.
+XLA:CPU hands dots, reductions and elementwise fusions to YNNPACK by default (recent jaxlib). Which is
+faster depends on the CPU (benchmarks/README.md, CPU; train steps side by side in one process): on an
+AVX2-only AMD EPYC the steps of gpt, ngpt, switch and mod ran 8-15% faster (tnl 3%) on XLA's own kernels
+(Eigen matmuls, its loop fusions), where YNNPACK's batched attention dots ran at 65-75% of Eigen's rate;
+on AMD EPYCs with AVX-512 YNNPACK's were faster for all five (Zen 5: 2-8%; Zen 4: 3-13%, and gpt's 8% at
+1,024 tokens). So x86 CPUs with AVX2 and without AVX-512 get XLA's own kernels, and the others (AVX-512,
+or not measured, as Arm) XLA's default. Options this jaxlib does not know are left out.
 
 For compile-only GPUs (scaling/hardware.py, planning without a GPU) XLA:GPU cannot autotune the tiles
 of its Triton matmul fusions, and its untuned ones fail for some shapes ("Couldn't find output tile
