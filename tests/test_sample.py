@@ -16,8 +16,8 @@ LENGTH, PREFILL = 12, 5
 
 CONFIGS = {
     "gpt": model_config("gpt", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16),
-    # Prefill 2 x 5 tokens route in groups of 5, steps in groups of 2, the full pass in groups of 8;
-    # an eval capacity of 4x the fair share keeps every token, so all three agree.
+    # Decoding drops no token; the full pass routes in groups of 8, where an eval capacity of 4x the
+    # fair share keeps every token, so the two agree.
     "switch": model_config("switch", vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=16,
                            num_experts=4, group_size=8, eval_capacity_factor=4.0),
     "tnl": model_config("tnl", vocab_size=256, d_model=32, n_layers=3, n_heads=2, d_ff=64, seq_len=16,
@@ -52,6 +52,27 @@ def test_incremental_logits_equal_the_full_pass(trained_like):
                if path[-1].key == "present"]
     # A token that skips a routed block is not in that block's KV cache; every other cache holds all.
     assert any(not np.all(leaf) for leaf in present) == cfg.options.looks_ahead
+
+
+@pytest.mark.parametrize("arch", ["switch", "mode", "mode-integrated"])
+def test_a_sequence_decodes_alike_whatever_its_batch(arch):
+    """A batch of copies of one sequence sends every token of a step to one expert, four times its
+    fair share: decoding drops none of them (the default eval capacity would drop half), so each copy
+    gets the logits the sequence gets alone, prompt and steps."""
+    cfg = dataclasses.replace(CONFIGS[arch], options=dataclasses.replace(CONFIGS[arch].options,
+                                                                         eval_capacity_factor=2.0))
+    tokens = jax.random.randint(jax.random.key(0), (1, LENGTH), 0, cfg.vocab_size)
+    params = nn.unbox(get_architecture(cfg.arch).model(cfg).init(jax.random.key(1), tokens)["params"])
+    copies = 4 * cfg.options.num_experts
+
+    def decode(batch):
+        decoder = Decoder(cfg, params, capacity=LENGTH)
+        steps = [decoder(batch[:, :PREFILL])] + [decoder(batch[:, t : t + 1]) for t in range(PREFILL, LENGTH)]
+        return np.concatenate(steps, axis=1)
+
+    alone = decode(tokens)
+    np.testing.assert_allclose(decode(np.repeat(tokens, copies, axis=0)), np.repeat(alone, copies, axis=0),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_cache_size(trained_like):

@@ -6,7 +6,8 @@ slots by an exclusive cumsum; tokens past capacity are dropped (MoE output 0, so
 the residual). Dispatch and combine are einsums with a one-hot [G, S, E, C] mask. The expert axis of
 the expert weights and of the dispatched activations is the logical axis 'expert' while groups are
 'batch': on a mesh with an 'expert' axis the compiler turns the change of layout into all-to-alls.
-A decoding step of at most E tokens skips dispatch: each token goes through its expert's weights.
+Decoding has no capacity: every token goes through its expert, so that a sequence samples alike
+whatever the others in its batch route to.
 """
 import dataclasses
 import math
@@ -111,7 +112,7 @@ def balance_loss(probs: jax.Array, assigned: jax.Array) -> jax.Array:
 
 class Experts(nn.Module):
     """E SwiGLU FFNs, kernels [E, d, 2, d_ff] and [E, d_ff, d]: on dispatched tokens [E, G, C, d], or
-    (`chosen`) on tokens [T, d] each through its own expert."""
+    (`chosen`, `grouped`) on tokens [T, d] each through its own expert."""
 
     config: ModelConfig
 
@@ -143,6 +144,18 @@ class Experts(nn.Module):
         up, gate = jnp.unstack(jnp.einsum("td,tdkf->tkf", x, self.up_gate[expert].astype(dtype)), axis=1)
         return jnp.einsum("tf,tfd->td", up * nn.silu(gate), self.down[expert].astype(dtype))
 
+    def grouped(self, x: jax.Array, expert: jax.Array) -> jax.Array:
+        """Token t of x [T, d] through expert[t] (0 where expert[t] >= E): the tokens sorted by expert,
+        each expert's run of them through its weights in one grouped matmul (`jax.lax.ragged_dot`)."""
+        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        experts = cfg.options.num_experts
+        order = jnp.argsort(expert, stable=True)
+        sizes = jnp.sum(jax.nn.one_hot(expert, experts, dtype=jnp.int32), axis=0)  # none for expert >= E
+        up_gate = self.up_gate.reshape(experts, cfg.d_model, 2 * cfg.d_ff).astype(dtype)
+        up, gate = jnp.split(jax.lax.ragged_dot(x[order], up_gate, sizes), 2, axis=-1)
+        out = jax.lax.ragged_dot(up * nn.silu(gate), self.down.astype(dtype), sizes)
+        return out[jnp.argsort(order)]
+
 
 class SwitchFFN(nn.Module):
     """x [batch, length, d] -> gate * Expert_i(x) for the top-1 expert i, 0 for dropped tokens and
@@ -164,8 +177,8 @@ class SwitchFFN(nn.Module):
         cfg, opts = self.config, self.config.options
         batch, length, d = x.shape
         experts = Experts(cfg, name="experts")
-        if decoding(self) and batch * length <= opts.num_experts:
-            return self.through_chosen(x, experts, mask)
+        if decoding(self):
+            return self.dropless(x, experts, mask)
         size = group_size(cfg, batch * length)
         groups = nn.with_logical_constraint(x.reshape(-1, size, d), ("batch", None, "embed"))
         logits = self.router(groups, train)
@@ -184,18 +197,22 @@ class SwitchFFN(nn.Module):
         out = nn.with_logical_constraint(combined, ("batch", None, "embed"))
         return out.reshape(batch, length, d)
 
-    def through_chosen(self, x: jax.Array, experts: Experts, mask: jax.Array | None) -> jax.Array:
-        """A decoding step of at most E tokens: each through its top-1 expert's gathered weights, which
-        reads at most the weights dispatch reads (all E experts) and computes no idle capacity slots.
-        No token is dropped, as none is by dispatch at a capacity that keeps every token."""
+    def dropless(self, x: jax.Array, experts: Experts, mask: jax.Array | None) -> jax.Array:
+        """Decoding: every token through its top-1 expert, none dropped (dispatch at a capacity that
+        keeps every token computes the same). At most E tokens (a step of at most E sequences) take
+        their experts' gathered weights, which reads at most the weights dispatch reads and computes no
+        idle capacity slots; more (a prompt, or more sequences) go through a grouped matmul."""
         batch, length, d = x.shape
         tokens = x.reshape(-1, d)
         probs = jax.nn.softmax(self.router(tokens[None], train=False)[0], axis=-1)
         expert = jnp.argmax(probs, axis=-1)
         real = expert < self.config.options.num_experts  # not a no-op expert (integrated MoDE)
         weight = jnp.max(probs, axis=-1) * real * (1 if mask is None else mask.reshape(-1))
-        out = experts.chosen(tokens, jnp.where(real, expert, 0)) * weight[:, None].astype(x.dtype)
-        return out.reshape(batch, length, d)
+        if tokens.shape[0] <= self.config.options.num_experts:
+            out = experts.chosen(tokens, jnp.where(real, expert, 0))
+        else:
+            out = experts.grouped(tokens, expert)
+        return (out * weight[:, None].astype(x.dtype)).reshape(batch, length, d)
 
     def router(self, groups: jax.Array, train: bool) -> jax.Array:
         """Router logits [G, S, E + N] in float32 ("selective precision"), input jittered in training."""
