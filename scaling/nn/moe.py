@@ -31,7 +31,7 @@ class MoEOptions(ArchOptions):
 
     num_experts: int = option(8, "Experts per MoE layer.")
     capacity_factor: float = option(1.25, "Expert capacity factor in training.")
-    eval_capacity_factor: float = option(2.0, "Expert capacity factor in evaluation and sampling.")
+    eval_capacity_factor: float = option(2.0, "Expert capacity factor in evaluation (decoding has none).")
     group_size: int = option(256, "Tokens per routing group.")
     router_z_loss: float = option(0.0, "Router z-loss coefficient (ST-MoE: 1e-3).")
 
