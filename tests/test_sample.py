@@ -60,8 +60,8 @@ def test_a_sequence_decodes_alike_whatever_its_batch(name):
     token of a step goes to one of the 4 experts, four times its fair share, and decoding drops none of
     them, where dispatch at the default eval capacity would drop half. (Without Switch FFNs, decoding
     equals the full pass, which computes each sequence apart.)"""
-    cfg = CONFIGS[name]
-    cfg = dataclasses.replace(cfg, options=dataclasses.replace(cfg.options, eval_capacity_factor=2.0))
+    cfg = dataclasses.replace(CONFIGS[name], options=dataclasses.replace(CONFIGS[name].options,
+                                                                         eval_capacity_factor=2.0))
     tokens = jax.random.randint(jax.random.key(0), (1, LENGTH), 0, cfg.vocab_size)
     params = nn.unbox(get_architecture(cfg.arch).model(cfg).init(jax.random.key(1), tokens)["params"])
     copies = 16
