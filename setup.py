@@ -9,7 +9,10 @@ setup(
     packages=find_packages(include=["scaling*", "experiments*", "launch*"]),
     # Lower bounds: the oldest releases the test suite passes with (.ci/lowest runs it with them).
     install_requires=[
-        "jax>=0.10.1",
+        "jax>=0.10.2",
+        # jaxlib 0.10.1 (which jax 0.10.2 admits) logs two errors whenever it loads a program from the
+        # compilation cache on an AMD Zen 4 ("Target machine feature +prefer-no-gather is not supported").
+        "jaxlib>=0.10.2",
         "flax>=0.12.2",
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11.17",
