@@ -157,8 +157,8 @@ class Experts(nn.Module):
         dtype = jnp.dtype(self.config.dtype)
         order = jnp.argsort(expert, stable=True)
         sizes = jnp.sum(jax.nn.one_hot(expert, self.config.options.num_experts, dtype=jnp.int32), axis=0)
-        grouped = x[order]
-        up, gate = (jax.lax.ragged_dot(grouped, self.up_gate[:, :, half].astype(dtype), sizes) for half in (0, 1))
+        sorted_tokens = x[order]
+        up, gate = (jax.lax.ragged_dot(sorted_tokens, self.up_gate[:, :, half].astype(dtype), sizes) for half in (0, 1))
         out = jax.lax.ragged_dot(up * nn.silu(gate), self.down.astype(dtype), sizes)
         return out[jnp.argsort(order)]
 
