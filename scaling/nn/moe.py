@@ -151,14 +151,17 @@ class Experts(nn.Module):
         return jnp.einsum("tf,tfd->td", up * nn.silu(gate), self.down[expert].astype(dtype))
 
     def grouped(self, x: jax.Array, expert: jax.Array) -> jax.Array:
-        """Token t of x [T, d] through expert[t] (0 where expert[t] >= E, which no group holds): the tokens
-        sorted by expert, each expert's run of them through its weights by grouped matmuls
-        (`jax.lax.ragged_dot`)."""
-        dtype = jnp.dtype(self.config.dtype)
+        """Token t of x [T, d] through expert[t] (0 where expert[t] >= E): the tokens sorted by expert,
+        each expert's run of them through its weights in one grouped matmul (`jax.lax.ragged_dot`) per
+        projection; up and gate in one (decoding runs on one device, so d_ff is whole), which XLA:CPU
+        expands to dense products once instead of twice (16 sequences sampled on a 2-core Zen 4: 1.09-1.78x
+        the tokens/s, three runs alternating)."""
+        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        experts = cfg.options.num_experts
         order = jnp.argsort(expert, stable=True)
-        sizes = jnp.sum(jax.nn.one_hot(expert, self.config.options.num_experts, dtype=jnp.int32), axis=0)
-        sorted_tokens = x[order]
-        up, gate = (jax.lax.ragged_dot(sorted_tokens, self.up_gate[:, :, half].astype(dtype), sizes) for half in (0, 1))
+        sizes = jnp.sum(jax.nn.one_hot(expert, experts, dtype=jnp.int32), axis=0)  # none for expert >= E
+        up_gate = self.up_gate.reshape(experts, cfg.d_model, 2 * cfg.d_ff).astype(dtype)
+        up, gate = jnp.split(jax.lax.ragged_dot(x[order], up_gate, sizes), 2, axis=-1)
         out = jax.lax.ragged_dot(up * nn.silu(gate), self.down.astype(dtype), sizes)
         return out[jnp.argsort(order)]
 
