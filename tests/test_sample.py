@@ -42,12 +42,17 @@ def trained_like(request):
     return cfg, params, tokens
 
 
+def decode_prompt_then_steps(decoder: Decoder, tokens) -> np.ndarray:
+    """Logits of tokens [batch, LENGTH] fed as a PREFILL-token prompt, then one token per step."""
+    steps = [decoder(tokens[:, :PREFILL])] + [decoder(tokens[:, t : t + 1]) for t in range(PREFILL, LENGTH)]
+    return np.concatenate(steps, axis=1)
+
+
 def test_incremental_logits_equal_the_full_pass(trained_like):
     cfg, params, tokens = trained_like
     full = get_architecture(cfg.arch).model(cfg).apply({"params": params}, tokens, autoregressive=True)
     decoder = Decoder(cfg, params, capacity=LENGTH)
-    steps = [decoder(tokens[:, :PREFILL])] + [decoder(tokens[:, t : t + 1]) for t in range(PREFILL, LENGTH)]
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(decode_prompt_then_steps(decoder, tokens), full, rtol=1e-4, atol=1e-4)
     present = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(decoder.cache)[0]
                if path[-1].key == "present"]
     # A token that skips a routed block is not in that block's KV cache; every other cache holds all.
@@ -64,16 +69,9 @@ def test_a_sequence_decodes_alike_whatever_its_batch(name):
                                                                          eval_capacity_factor=2.0))
     tokens = jax.random.randint(jax.random.key(0), (1, LENGTH), 0, cfg.vocab_size)
     params = nn.unbox(get_architecture(cfg.arch).model(cfg).init(jax.random.key(1), tokens)["params"])
-    copies = 16
-
-    def decode(batch):
-        decoder = Decoder(cfg, params, capacity=LENGTH)
-        steps = [decoder(batch[:, :PREFILL])] + [decoder(batch[:, t : t + 1]) for t in range(PREFILL, LENGTH)]
-        return np.concatenate(steps, axis=1)
-
-    alone = decode(tokens)
-    np.testing.assert_allclose(decode(np.repeat(tokens, copies, axis=0)), np.repeat(alone, copies, axis=0),
-                               rtol=1e-5, atol=1e-5)
+    alone = decode_prompt_then_steps(Decoder(cfg, params, capacity=LENGTH), tokens)
+    copies = decode_prompt_then_steps(Decoder(cfg, params, capacity=LENGTH), np.repeat(tokens, 16, axis=0))
+    np.testing.assert_allclose(copies, np.repeat(alone, 16, axis=0), rtol=1e-5, atol=1e-5)
 
 
 def test_cache_size(trained_like):
