@@ -190,9 +190,11 @@ PREEMPTED = 143  # 128 + SIGTERM, as a shell reports a process it stopped
 
 def run(main) -> None:
     """app.run(main) where a UsageError becomes 'error: --flag: fix' on stderr and exit status 2, and
-    a run stopped by SIGTERM (after saving) one line and exit status 143."""
+    a run stopped by SIGTERM (after saving) one line and exit status 143. Standard output is written a
+    line at a time, so that a batch job's log shows each line as it is printed."""
 
     def guarded(argv):
+        sys.stdout.reconfigure(line_buffering=True)
         logging.set_verbosity(logging.WARNING)
         try:
             distributed.initialize()

@@ -133,6 +133,10 @@ def test_dry_run_for_a_target_fits_every_run_to_its_memory(tmp_path):
     header, *rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("run_id", "gpt-"))]
     assert header[10:13] == ["remat", "micro", "GiB/dev"]
     assert rows and all(row[10] == "none" and row[11] == "1" and float(row[12]) > 0 for row in rows)
+    fitted = [line for line in result.stdout.splitlines() if " fitted " in line]
+    assert [line.split()[:3] for line in fitted] == [[f"[{i}/3]", "fitted", f"{row[0]}:"] for i, row in
+                                                      enumerate(rows, 1)]
+    assert all(f"{row[12]} GiB per device" in line for row, line in zip(rows, fitted))
     assert "wall time for 8 x h100 (40 of 80 GiB usable each)" in result.stdout
     cpu = hardware.compile_only_devices(hardware.ACCELERATORS["h100"], 8) is None
     compiler = "XLA:CPU on 8 fake devices" if cpu else "XLA:GPU for 8 compile-only NVIDIA H100"

@@ -25,16 +25,19 @@ def check_mesh(plan: dict, mesh_cfg: MeshConfig, devices=None) -> None:
 def fit_plan(plan: dict, mesh_cfg: MeshConfig, memory: int | None, log=print, devices=None) -> dict:
     """Each run's remat, microbatches and mesh chosen to fit `memory` bytes per device of `devices`
     (default: all; compile only, scaling/train/fitting.py), with its compiled memory per device;
-    unchanged settings where the memory is unknown (a CPU: no remat, one microbatch). UsageError if a
-    run cannot fit."""
-    for run in all_runs(plan):
+    unchanged settings where the memory is unknown (a CPU: no remat, one microbatch). Logs a line per
+    run fitted (compiling a large plan takes minutes to an hour). UsageError if a run cannot fit."""
+    runs = all_runs(plan)
+    for i, run in enumerate(runs, 1):
         fitted = fitting.fit(model_config_from_dict(run["model"]), TrainConfig(**run["train"]), mesh_cfg, memory,
                              name=f"run {run['run_id']}", devices=devices)
         run["model"]["remat"] = fitted.run.model_cfg.remat
         run["train"]["microbatches"] = fitted.run.train_cfg.microbatches
         run.update(mesh=dataclasses.asdict(fitted.mesh_cfg), gib_per_device=fitted.gib_per_device)
-        if fitted.note:
-            log(f"{run['run_id']}: {fitted.note}")
+        if fitted.gib_per_device is not None:
+            log(f"[{i}/{len(runs)}] fitted {run['run_id']}: remat {run['model']['remat']}, "
+                f"microbatches {run['train']['microbatches']}, {fitted.gib_per_device:.3g} GiB per device"
+                + (f"; {fitted.note}" if fitted.note else "") + f" ({format_duration(fitted.seconds)} compiling)")
     return plan
 
 
