@@ -57,7 +57,8 @@ TRAINING_FORMS = ("auto", "chunked", "pallas", "parallel")
 
 @dataclasses.dataclass(frozen=True)
 class TNLOptions(ArchOptions):
-    """Lightning Attention's chunking and form, LRPE on the first layer (on by default) and the embedding scale."""
+    """Lightning Attention's chunking and form, LRPE on the first layer (on by default), the embedding scale
+    and the residual outputs' init."""
 
     chunk_size: int = option(64, "Lightning Attention chunk size, a power of two.")
     lightning_form: str = option("auto", "Lightning Attention's form: auto (pallas, its fused kernels, on a GPU; "
@@ -65,6 +66,9 @@ class TNLOptions(ArchOptions):
     lrpe: bool = option(True, "LRPE on the first layer, the paper's choice ('Mix'; --nolrpe: decay alone).")
     scale_embedding: bool = option(True, "Multiply the token embeddings by sqrt(d_model) (the official code's "
                                          "default, no_scale_embedding=False).")
+    official_init: bool = option(False, "Initialise the residual outputs (W_o, W_3) with --init_std like every "
+                                        "other projection, as the released code does (default: --init_std / "
+                                        "sqrt(2L), GPT-2's rule, as for every architecture here).")
 
     def validate(self, cfg: ModelConfig) -> None:
         if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
@@ -97,7 +101,8 @@ class GatedLinearAttention(nn.Module):
         else:
             o = linear_attention(q, k, v, decay, form=cfg.options.lightning_form, chunk_size=cfg.options.chunk_size)
         o = rms_normalize(o.reshape(o.shape[:2] + (-1,))).reshape(u.shape)
-        return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), in_dims=2, residual=True, name="out")(u * o)
+        scaled = not cfg.options.official_init
+        return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), in_dims=2, residual=scaled, name="out")(u * o)
 
 
 class Block(nn.Module):
@@ -112,7 +117,8 @@ class Block(nn.Module):
         decay = jnp.asarray(layer_decays(cfg.n_heads, cfg.n_layers))[context.layer]
         attn = GatedLinearAttention(cfg, self.lrpe, name="attn")
         x = x + attn(rms_normalize(x), context.positions, decay)
-        x = x + GatedMLP(cfg, activation=None, name="mlp")(rms_normalize(x))
+        mlp = GatedMLP(cfg, activation=None, scaled_residual=not cfg.options.official_init, name="mlp")
+        x = x + mlp(rms_normalize(x))
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
