@@ -194,7 +194,8 @@ def run(main) -> None:
     line at a time, so that a batch job's log shows each line as it is printed."""
 
     def guarded(argv):
-        sys.stdout.reconfigure(line_buffering=True)
+        if hasattr(sys.stdout, "reconfigure"):  # a file's stream, not a notebook's
+            sys.stdout.reconfigure(line_buffering=True)
         logging.set_verbosity(logging.WARNING)
         try:
             distributed.initialize()
