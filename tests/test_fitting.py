@@ -1,10 +1,13 @@
 """Runs fitted to device memory: microbatches are the same step, FSDP is the same math with the state
 split, and the cheapest remat / microbatch setting that fits is chosen from the compiled step."""
 import dataclasses
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+from conftest import command_env
 from test_cli import assert_usage_error, run
 from test_sharding import tiny_run, train_on_mesh
 
@@ -125,11 +128,19 @@ def test_bad_fitting_input_is_one_line_and_writes_nothing(tmp_path, args, flag):
 
 def test_dry_run_for_a_target_fits_every_run_to_its_memory(tmp_path):
     """--target h100:8 plans on 8 compile-only H100s with jax's CUDA plugin, else (as in CI) on 8 fake
-    CPU devices, and says which."""
-    result = run("experiments.isoflop", "--budget", "2e12", "--seq_len", "64", "--data", "synthetic",
-                 "--num_sizes", "3", "--target", "h100:8", "--device_memory_gib", "40", "--dry_run", "--workdir",
-                 str(tmp_path / "s"), devices=8)
+    CPU devices, and says which; each run's line is out (stdout piped, as in a batch job's log) while
+    the next runs are fitted."""
+    command = [sys.executable, "-m", "experiments.isoflop", "--budget", "2e12", "--seq_len", "64", "--data",
+               "synthetic", "--num_sizes", "3", "--target", "h100:8", "--device_memory_gib", "40", "--dry_run",
+               "--workdir", str(tmp_path / "s")]
+    env = {key: value for key, value in command_env(8).items() if key != "PYTHONUNBUFFERED"}
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        first = process.stdout.readline()
+        running = process.poll() is None
+        rest, stderr = process.communicate()
+    result = subprocess.CompletedProcess(command, process.returncode, first + rest, stderr)
     assert result.returncode == 0, result.stderr
+    assert first.startswith("[1/3] fitted gpt-") and running
     header, *rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("run_id", "gpt-"))]
     assert header[10:13] == ["remat", "micro", "GiB/dev"]
     assert rows and all(row[10] == "none" and row[11] == "1" and float(row[12]) > 0 for row in rows)
