@@ -48,13 +48,13 @@ def test_embeddings_are_scaled_by_sqrt_d_as_in_the_official_code(tnl_model):
 
 
 def test_official_init_leaves_only_the_residual_outputs_unscaled(tnl_model):
-    """--official_init: W_o and W_3 drawn like every projection (the released code), not scaled down by
-    sqrt(2L); with the same key every other parameter is the same."""
+    """--official_init (the default): W_o and W_3 drawn like every projection (the released code), not
+    scaled down by sqrt(2L) as --noofficial_init does; with the same key every other parameter is the same."""
     tokens = jnp.zeros((1, tnl_model.seq_len), jnp.int32)
     init = lambda cfg: jax.tree_util.tree_flatten_with_path(nn.unbox(TNL(cfg).init(jax.random.key(1), tokens)))[0]
     ratio = np.sqrt(2 * tnl_model.n_layers)
     residual_outputs = 0
-    for (path, scaled), (_, official) in zip(init(tnl_model), init(tnl_model.replace(official_init=True))):
+    for (path, scaled), (_, official) in zip(init(tnl_model.replace(official_init=False)), init(tnl_model)):
         names = jax.tree_util.keystr(path)
         is_residual_output = "['attn']['out']" in names or "['mlp']['down']" in names
         residual_outputs += is_residual_output

@@ -66,9 +66,9 @@ class TNLOptions(ArchOptions):
     lrpe: bool = option(True, "LRPE on the first layer, the paper's choice ('Mix'; --nolrpe: decay alone).")
     scale_embedding: bool = option(True, "Multiply the token embeddings by sqrt(d_model) (the official code's "
                                          "default, no_scale_embedding=False).")
-    official_init: bool = option(False, "Initialise the residual outputs (W_o, W_3) with --init_std like every "
-                                        "other projection, as the released code does (default: --init_std / "
-                                        "sqrt(2L), GPT-2's rule, as for every architecture here).")
+    official_init: bool = option(True, "Initialise the residual outputs (W_o, W_3) with --init_std like every "
+                                       "other projection, as the released code does (--noofficial_init: "
+                                       "--init_std / sqrt(2L), GPT-2's rule, as `gpt`).")
 
     def validate(self, cfg: ModelConfig) -> None:
         if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
